@@ -1,0 +1,17 @@
+"""metalax: meta-learning and multi-task learning as pure JAX functions."""
+
+from metalax import losses
+from metalax import models
+from metalax import types
+from metalax.types import Batch
+from metalax.types import Episode
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "Batch",
+    "Episode",
+    "losses",
+    "models",
+    "types",
+)

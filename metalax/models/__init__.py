@@ -1,0 +1,13 @@
+"""Models as ``apply_fn(params, x)``: built-in linen modules and adapters."""
+
+from metalax.models.adapters import from_function
+from metalax.models.adapters import from_linen
+from metalax.models.adapters import from_nnx
+from metalax.models.mlp import MLP
+
+__all__ = (
+    "MLP",
+    "from_function",
+    "from_linen",
+    "from_nnx",
+)
