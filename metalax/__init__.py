@@ -1,6 +1,8 @@
 """metalax: meta-learning and multi-task learning as pure JAX functions."""
 
+from metalax import data
 from metalax import losses
+from metalax import meta
 from metalax import models
 from metalax import types
 from metalax.types import Batch
@@ -11,7 +13,9 @@ __version__ = "0.1.0"
 __all__ = (
     "Batch",
     "Episode",
+    "data",
     "losses",
+    "meta",
     "models",
     "types",
 )

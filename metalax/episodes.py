@@ -1,0 +1,210 @@
+"""N-way K-shot episode samplers: pure, jittable functions of ``(key, images)``.
+
+Every count is a static Python int, so episodes have static shapes; all
+randomness comes from the ``key``. An episode's classes are distinct, the
+examples drawn from a class are distinct, and support and query never share an
+example. Which class gets which label is random (uniform over the
+``num_ways!`` assignments); within the support (and the query) examples are
+grouped by label: rows ``[i * num_shots, (i + 1) * num_shots)`` of the support
+and ``[i * num_queries, (i + 1) * num_queries)`` of the query have label ``i``,
+so ``support.inputs.reshape(num_ways, num_shots, ...)`` is indexed by label.
+Shuffle the rows yourself if a method could exploit that order.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from metalax.data.images import ClassImages
+from metalax.data.images import RaggedClassImages
+from metalax.types import Batch
+from metalax.types import Episode
+
+Augment = Callable[[jax.Array, jax.Array], jax.Array]
+"""``augment(key, image [H, W, C]) -> image [H', W', C']``, applied to each image."""
+
+
+def _check_counts(num_classes: int, per_class: int, num_ways: int, num_shots: int,
+                  num_queries: int, per_class_text: str) -> None:
+  for name, value in (("num_ways", num_ways), ("num_shots", num_shots),
+                      ("num_queries", num_queries)):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+      raise ValueError(f"{name} must be a static Python int, got {type(value).__name__}.")
+  if num_ways <= 0 or num_shots <= 0 or num_queries <= 0:
+    raise ValueError(
+        "num_ways, num_shots and num_queries must be positive, got "
+        f"num_ways={num_ways}, num_shots={num_shots}, num_queries={num_queries}.")
+  if num_ways > num_classes:
+    raise ValueError(
+        f"num_ways={num_ways} needs at least {num_ways} classes, but the images have "
+        f"{num_classes} classes.")
+  if num_shots + num_queries > per_class:
+    raise ValueError(
+        f"num_shots + num_queries = {num_shots} + {num_queries} = {num_shots + num_queries} "
+        f"distinct examples per class are needed, but {per_class_text} {per_class}.")
+
+
+def _augment_batch(key: jax.Array, images: jax.Array, augment: Augment | None) -> jax.Array:
+  if augment is None:
+    return images
+  keys = jax.random.split(key, images.shape[0])
+  return jax.vmap(augment)(keys, images)
+
+
+def _assemble(key: jax.Array, chosen: jax.Array, num_ways: int, num_shots: int,
+              num_queries: int, augment: Augment | None) -> Episode:
+  """``chosen [num_ways, num_shots + num_queries, H, W, C]`` -> Episode (label = row)."""
+  image_shape = chosen.shape[2:]
+  support_inputs = chosen[:, :num_shots].reshape((num_ways * num_shots,) + image_shape)
+  query_inputs = chosen[:, num_shots:].reshape((num_ways * num_queries,) + image_shape)
+  support_key, query_key = jax.random.split(key)
+  support_inputs = _augment_batch(support_key, support_inputs, augment)
+  query_inputs = _augment_batch(query_key, query_inputs, augment)
+  labels = jnp.arange(num_ways, dtype=jnp.int32)
+  return Episode(
+      support=Batch(inputs=support_inputs, labels=jnp.repeat(labels, num_shots)),
+      query=Batch(inputs=query_inputs, labels=jnp.repeat(labels, num_queries)))
+
+
+def _sample_dense(key, images, num_ways, num_shots, num_queries, augment):
+  num_classes, num_per_class = images.shape[:2]
+  class_key, example_key, augment_key = jax.random.split(key, 3)
+  # A uniformly random ordered subset: classes[i] gets label i.
+  classes = jax.random.choice(class_key, num_classes, (num_ways,), replace=False)
+  num_examples = num_shots + num_queries
+  example_keys = jax.random.split(example_key, num_ways)
+  examples = jax.vmap(
+      lambda k: jax.random.permutation(k, num_per_class)[:num_examples])(example_keys)
+  chosen = jnp.asarray(images)[classes[:, None], examples]
+  return _assemble(augment_key, chosen, num_ways, num_shots, num_queries, augment)
+
+
+def _sample_ragged(key, data, num_ways, num_shots, num_queries, augment):
+  counts = data.counts
+  offsets = jnp.asarray(np.asarray(data.class_offsets[:-1]), dtype=jnp.int32)
+  max_count = int(counts.max())
+  class_key, example_key, augment_key = jax.random.split(key, 3)
+  classes = jax.random.choice(class_key, data.num_classes, (num_ways,), replace=False)
+  class_counts = jnp.asarray(counts, dtype=jnp.int32)[classes]
+  # A uniformly random subset of [0, count) per class, without replacement: the
+  # indices of the num_examples largest of count i.i.d. uniforms (entries past a
+  # class's count get -1, below every uniform draw in [0, 1)).
+  noise = jax.random.uniform(example_key, (num_ways, max_count))
+  noise = jnp.where(jnp.arange(max_count)[None, :] < class_counts[:, None], noise, -1.0)
+  _, examples = jax.lax.top_k(noise, num_shots + num_queries)
+  rows = offsets[classes][:, None] + examples
+  chosen = jnp.asarray(data.images)[rows]
+  return _assemble(augment_key, chosen, num_ways, num_shots, num_queries, augment)
+
+
+def _validate(images, num_ways, num_shots, num_queries):
+  """Checks counts against the data; returns the kind of data ('dense'/'ragged')."""
+  if isinstance(images, ClassImages):
+    images = images.images
+  if isinstance(images, RaggedClassImages):
+    counts = images.counts
+    smallest = int(counts.min())
+    _check_counts(images.num_classes, smallest, num_ways, num_shots, num_queries,
+                  f"the smallest class ({images.class_names[int(counts.argmin())]!r}) has")
+    if images.images.ndim < 2:
+      raise ValueError(f"RaggedClassImages.images must be [N, H, W, C], got {images.images.shape}.")
+    return images
+  if not hasattr(images, "shape") or images.ndim < 3:
+    raise ValueError(
+        "images must have shape [num_classes, num_per_class, H, W, C] (at least 3 axes), "
+        f"got {getattr(images, 'shape', type(images).__name__)}.")
+  _check_counts(images.shape[0], images.shape[1], num_ways, num_shots, num_queries,
+                "images have num_per_class =")
+  return images
+
+
+def sample_episode(key: jax.Array, images: jax.Array | ClassImages | RaggedClassImages,
+                   num_ways: int, num_shots: int, num_queries: int,
+                   augment: Augment | None = None) -> Episode:
+  """Samples one N-way K-shot episode.
+
+  Draws ``num_ways`` distinct classes, gives them labels ``0 .. num_ways - 1``
+  in a random order, and from each class ``num_shots + num_queries`` distinct
+  examples: the first ``num_shots`` go to the support, the rest to the query.
+  See the module docstring for the row order. Pure and jittable with the counts
+  and ``augment`` static, e.g.
+  ``jax.jit(sample_episode, static_argnums=(2, 3, 4, 5))``.
+
+  Args:
+    key: a PRNG key.
+    images: ``[num_classes, num_per_class, H, W, C]`` (any trailing shape), a
+      :class:`~metalax.data.images.ClassImages`, or a
+      :class:`~metalax.data.images.RaggedClassImages` (classes with different
+      counts; all its images are used, with no padding or truncation).
+    num_ways: classes per episode (N).
+    num_shots: support examples per class (K).
+    num_queries: query examples per class.
+    augment: optional ``augment(key, image) -> image``, applied with its own
+      key to every support and query image (vmapped).
+
+  Returns:
+    An :class:`~metalax.types.Episode`: ``support.inputs [num_ways * num_shots,
+    H, W, C]``, ``support.labels [num_ways * num_shots]`` int32, and the query
+    alike with ``num_queries``. Inputs keep the images' dtype (see
+    :func:`metalax.data.images.to_float32`).
+
+  Raises:
+    ValueError: if a count is not a positive int, ``num_ways`` exceeds the
+      number of classes, or ``num_shots + num_queries`` exceeds the examples of
+      a class (the smallest class, for ragged data). Raised when called (or
+      traced), never inside compiled code.
+
+  Example:
+    >>> images = np.zeros((20, 20, 28, 28, 1), np.float32)
+    >>> episode = sample_episode(jax.random.key(0), images, 5, 1, 15)
+    >>> episode.support.inputs.shape, episode.query.labels.shape
+    ((5, 28, 28, 1), (75,))
+
+  References:
+    Vinyals et al., Matching networks for one shot learning, 2016.
+  """
+  data = _validate(images, num_ways, num_shots, num_queries)
+  if isinstance(data, RaggedClassImages):
+    return _sample_ragged(key, data, num_ways, num_shots, num_queries, augment)
+  return _sample_dense(key, data, num_ways, num_shots, num_queries, augment)
+
+
+def sample_episodes(key: jax.Array, images: jax.Array | ClassImages | RaggedClassImages,
+                    num_tasks: int, num_ways: int, num_shots: int, num_queries: int,
+                    augment: Augment | None = None) -> Episode:
+  """Samples ``num_tasks`` independent episodes (a ``vmap`` of :func:`sample_episode`).
+
+  Episode ``b`` equals ``sample_episode(jax.random.split(key, num_tasks)[b],
+  images, ...)``.
+
+  Args:
+    key: a PRNG key.
+    images: as in :func:`sample_episode`.
+    num_tasks: number of episodes (B), a positive static int.
+    num_ways: classes per episode.
+    num_shots: support examples per class.
+    num_queries: query examples per class.
+    augment: as in :func:`sample_episode`.
+
+  Returns:
+    An :class:`~metalax.types.Episode` whose every leaf has a leading ``[B]``
+    axis: ``support.inputs [B, num_ways * num_shots, H, W, C]``, ...
+
+  Raises:
+    ValueError: as :func:`sample_episode`, or if ``num_tasks`` is not positive.
+
+  Example:
+    >>> sample = jax.jit(sample_episodes, static_argnums=(2, 3, 4, 5))
+    >>> episodes = sample(jax.random.key(0), images, 32, 5, 1, 15)
+    >>> episodes.support.inputs.shape
+    (32, 5, 28, 28, 1)
+  """
+  if not isinstance(num_tasks, (int, np.integer)) or isinstance(num_tasks, bool) or num_tasks <= 0:
+    raise ValueError(f"num_tasks must be a positive static int, got {num_tasks!r}.")
+  data = _validate(images, num_ways, num_shots, num_queries)
+  keys = jax.random.split(key, num_tasks)
+  return jax.vmap(
+      lambda task_key: sample_episode(task_key, data, num_ways, num_shots, num_queries,
+                                      augment))(keys)

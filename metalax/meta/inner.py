@@ -1,0 +1,150 @@
+"""The inner loop shared by every gradient-based learner.
+
+Each inner step is ``params <- params + update(grad objective(params))`` run
+with ``jax.lax.scan``; which parameters it adapts is set by a mask, how the
+update is made by an :class:`InnerUpdate` (any optax transform, or Meta-SGD's
+learned rates), and how the meta-gradient flows through the loop by
+``first_order`` (drop second-order terms) and ``remat`` (recompute each step in
+the backward pass instead of storing its activations).
+"""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from metalax.types import Params
+
+Mask = Any
+"""A pytree of bools matching the parameters (True: adapted in the inner loop),
+or a callable ``params -> pytree of bools``, or ``None`` for all parameters."""
+
+
+class InnerUpdate(NamedTuple):
+  """How one inner step turns gradients into parameter updates.
+
+  Attributes:
+    init: ``init(adapted, meta_params) -> state``.
+    update: ``update(grads, state, adapted, meta_params) -> (updates, state)``;
+      ``grads``, ``adapted`` and ``updates`` are lists of the adapted leaves.
+  """
+
+  init: Callable[[list[jax.Array], Any], Any]
+  update: Callable[[list[jax.Array], Any, list[jax.Array], Any], tuple[list[jax.Array], Any]]
+
+
+def from_optax(optimizer: optax.GradientTransformation) -> InnerUpdate:
+  """An :class:`InnerUpdate` from an optax transform with fixed hyperparameters."""
+  return InnerUpdate(
+      init=lambda adapted, meta_params: optimizer.init(adapted),
+      update=lambda grads, state, adapted, meta_params: optimizer.update(grads, state, adapted))
+
+
+def inner_optimizer_of(inner_lr: float | None,
+                       inner_optimizer: optax.GradientTransformation | None) -> optax.GradientTransformation:
+  """``optax.sgd(inner_lr)``, or the given transform; exactly one must be set.
+
+  Raises:
+    ValueError: if both or neither are given, or ``inner_lr`` is not a positive number.
+  """
+  if (inner_lr is None) == (inner_optimizer is None):
+    raise ValueError("give exactly one of inner_lr (plain SGD) or inner_optimizer (an optax "
+                     f"GradientTransformation); got inner_lr={inner_lr!r}, "
+                     f"inner_optimizer={inner_optimizer!r}.")
+  if inner_optimizer is not None:
+    if not isinstance(inner_optimizer, optax.GradientTransformation):
+      raise ValueError("inner_optimizer must be an optax.GradientTransformation, got "
+                       f"{type(inner_optimizer).__name__}.")
+    return inner_optimizer
+  check_positive("inner_lr", inner_lr)
+  return optax.sgd(inner_lr)
+
+
+def check_positive(name: str, value: Any) -> None:
+  """Raises ValueError unless ``value`` is a finite Python number > 0."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+    raise ValueError(f"{name} must be a positive number, got {value!r}.")
+
+
+def check_num_steps(num_steps: Any) -> int:
+  """Returns ``num_steps`` if it is an int >= 0 (0: no adaptation), else raises ValueError."""
+  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+    raise ValueError(f"num_steps must be an int >= 0 (0 means no adaptation), got {num_steps!r}.")
+  return num_steps
+
+
+class Partition(NamedTuple):
+  """Splits a parameter pytree into the leaves the inner loop adapts and the rest."""
+
+  treedef: Any
+  flags: tuple[bool, ...]
+
+  @classmethod
+  def of(cls, params: Params, mask: Mask) -> "Partition":
+    """The partition of ``params`` given by ``mask`` (see :data:`Mask`)."""
+    leaves, treedef = jax.tree.flatten(params)
+    if mask is None:
+      return cls(treedef, (True,) * len(leaves))
+    if callable(mask):
+      mask = mask(params)
+    try:
+      flags = treedef.flatten_up_to(mask)
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"inner_mask must be a pytree of bools with the structure of params: {e}") from None
+    flags = tuple(bool(f) for f in flags)
+    if not any(flags):
+      raise ValueError("inner_mask selects no parameter to adapt.")
+    return cls(treedef, flags)
+
+  def split(self, tree: Params) -> tuple[list[jax.Array], list[jax.Array]]:
+    leaves = self.treedef.flatten_up_to(tree)
+    adapted = [x for x, f in zip(leaves, self.flags) if f]
+    frozen = [x for x, f in zip(leaves, self.flags) if not f]
+    return adapted, frozen
+
+  def merge(self, adapted: list[jax.Array], frozen: list[jax.Array]) -> Params:
+    adapted_it, frozen_it = iter(adapted), iter(frozen)
+    return self.treedef.unflatten([next(adapted_it) if f else next(frozen_it) for f in self.flags])
+
+
+def inner_loop(objective: Callable[[list[jax.Array]], jax.Array], adapted: list[jax.Array],
+               state: Any, update: Callable[[list[jax.Array], Any, list[jax.Array]], tuple[list[jax.Array], Any]],
+               *, num_steps: int, first_order: bool = False, remat: bool = False) -> list[jax.Array]:
+  """Runs ``num_steps`` inner steps of gradient-based adaptation with ``lax.scan``.
+
+  Args:
+    objective: scalar inner loss of the adapted leaves.
+    adapted: the leaves to adapt, at their initial values.
+    state: the initial update state.
+    update: ``update(grads, state, adapted) -> (updates, state)``.
+    num_steps: number of steps (static).
+    first_order: if True, inner gradients are ``stop_gradient``-ed, so the
+      meta-gradient drops second-order terms (first-order MAML).
+    remat: if True, each step is wrapped in ``jax.checkpoint``: the backward
+      pass recomputes a step's activations instead of storing them, so only
+      the parameters and update state of each step are kept.
+
+  Returns:
+    The adapted leaves after ``num_steps`` steps.
+  """
+
+  def step(carry, _):
+    params, state = carry
+    grads = jax.grad(objective)(params)
+    if first_order:
+      grads = jax.lax.stop_gradient(grads)
+    updates, state = update(grads, state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  if num_steps == 0:
+    return adapted
+  if remat:
+    step = jax.checkpoint(step)
+  (adapted, _), _ = jax.lax.scan(step, (adapted, state), None, length=num_steps)
+  return adapted
+
+
+def squared_distance(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
+  """``sum ||a_i - b_i||^2`` over matching leaves."""
+  return sum(jnp.sum(jnp.square(x - y)) for x, y in zip(a, b))

@@ -1,0 +1,5 @@
+"""Shared test settings: float32 on CPU, fixed keys."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
