@@ -1,0 +1,121 @@
+"""Pieces every experiment entrypoint uses: workdir checks, run records, checkpoints, statistics.
+
+Checkpoints are orbax's; progress bars are tqdm's; flags and configs are absl's
+and ml_collections'. This module only wires them together the same way for
+every experiment.
+"""
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "ml-collections", "numpy")
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates ``workdir`` and checks it is writable, so a bad path fails at start-up.
+
+  Raises:
+    ValueError: if ``workdir`` is empty, or exists and is not a writable directory.
+  """
+  if not workdir:
+    raise ValueError("--workdir must name a directory for metrics, checkpoints and plots.")
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe_{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ValueError(f"--workdir {workdir!r} is not a writable directory: {e}.") from None
+  return workdir
+
+
+def write_run_info(workdir: str, config: Any) -> None:
+  """Writes the config, the command line and the package versions into ``workdir/run.json``."""
+  from importlib import metadata
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      pass
+  info = {
+      "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+      "argv": sys.argv,
+      "python": platform.python_version(),
+      "machine": f"{platform.machine()} {platform.processor()} {os.cpu_count()} cpus",
+      "devices": [str(d) for d in jax.devices()],
+      "versions": versions,
+      "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+  }
+  with open(os.path.join(workdir, "run.json"), "w") as f:
+    json.dump(info, f, indent=2, default=str)
+
+
+def append_jsonl(path: str, record: dict[str, Any]) -> None:
+  """Appends one JSON record (numbers converted to floats) as a line of ``path``."""
+  record = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in record.items()}
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def quiet_orbax_logs() -> None:
+  """Keeps orbax's per-save INFO lines out of the console; warnings and errors still show."""
+  logging.get_absl_handler().addFilter(
+      lambda record: record.levelno >= logging.converter.STANDARD_WARNING or "orbax" not in record.pathname)
+
+
+def checkpoint_manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
+  """An orbax manager writing ``directory/<step>/`` atomically (half-written steps are never listed)."""
+  return ocp.CheckpointManager(
+      os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+
+def restore_or_init(manager: ocp.CheckpointManager, init_state: Any) -> tuple[Any, int]:
+  """The latest checkpoint (shaped like ``init_state``) and its step, or ``(init_state, 0)``.
+
+  Raises:
+    ValueError: if the checkpoint does not match ``init_state`` (e.g. another model).
+  """
+  step = manager.latest_step()
+  if step is None:
+    return init_state, 0
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, init_state)
+  try:
+    state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(
+        f"the checkpoint at {manager.directory}/{step} does not match this configuration (a different "
+        f"model or learner?); use another --workdir or remove it. Orbax said: {e}") from None
+  logging.info("Resumed from %s at step %d.", manager.directory, step)
+  return state, step
+
+
+def mean_and_interval(values: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
+  """Mean and the half-width of its 95% normal confidence interval, ``1.96 * std / sqrt(n)``."""
+  values = np.asarray(values, np.float64)
+  n = values.shape[axis]
+  return values.mean(axis), 1.96 * values.std(axis, ddof=1) / math.sqrt(n)
+
+
+def chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+  """``[(begin, length), ...]`` covering ``[start, stop)`` in pieces of at most ``size``."""
+  return [(b, min(size, stop - b)) for b in range(start, stop, size)]
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+  """``(fn(), seconds)`` with the result's arrays ready."""
+  begin = time.perf_counter()
+  result = jax.block_until_ready(fn())
+  return result, time.perf_counter() - begin
