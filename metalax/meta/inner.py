@@ -8,6 +8,7 @@ learned rates), and how the meta-gradient flows through the loop by
 the backward pass instead of storing its activations).
 """
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -121,9 +122,11 @@ def inner_loop(objective: Callable[[list[jax.Array]], jax.Array], adapted: list[
     num_steps: number of steps (static).
     first_order: if True, inner gradients are ``stop_gradient``-ed, so the
       meta-gradient drops second-order terms (first-order MAML).
-    remat: if True, each step is wrapped in ``jax.checkpoint``: the backward
-      pass recomputes a step's activations instead of storing them, so only
-      the parameters and update state of each step are kept.
+    remat: if True, the backward pass recomputes the inner loop instead of
+      storing it: each step and each segment of ``isqrt(num_steps)`` steps is
+      a ``jax.checkpoint``, so only the parameters and update state at segment
+      boundaries and within one segment are kept: memory grows like
+      ``sqrt(num_steps)`` instead of linearly, for about one extra forward pass.
 
   Returns:
     The adapted leaves after ``num_steps`` steps.
@@ -137,12 +140,24 @@ def inner_loop(objective: Callable[[list[jax.Array]], jax.Array], adapted: list[
     updates, state = update(grads, state, params)
     return (optax.apply_updates(params, updates), state), None
 
-  if num_steps == 0:
-    return adapted
-  if remat:
-    step = jax.checkpoint(step)
-  (adapted, _), _ = jax.lax.scan(step, (adapted, state), None, length=num_steps)
-  return adapted
+  carry = (adapted, state)
+  if not remat:
+    carry, _ = jax.lax.scan(step, carry, None, length=num_steps)
+    return carry[0]
+  # Checkpoint every step, and also every segment of ~sqrt(num_steps) steps: the
+  # backward pass keeps only the carries at segment boundaries, then recomputes
+  # one segment at a time, so memory grows like 2 * sqrt(num_steps) carries.
+  step = jax.checkpoint(step)
+  length = max(1, math.isqrt(num_steps))
+  num_segments, rest = divmod(num_steps, length)
+
+  @jax.checkpoint
+  def segment(carry, _):
+    return jax.lax.scan(step, carry, None, length=length)[0], None
+
+  carry, _ = jax.lax.scan(segment, carry, None, length=num_segments)
+  carry, _ = jax.lax.scan(step, carry, None, length=rest)
+  return carry[0]
 
 
 def squared_distance(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:

@@ -160,12 +160,14 @@ def test_inner_optimizer_is_any_optax_transform():
   np.testing.assert_allclose(learner.adapt(learner.init(params), episode.support)["w"], w, rtol=1e-6)
 
 
-def test_remat_gives_the_same_meta_gradient():
+@pytest.mark.parametrize("num_steps", [1, 5])  # one segment; two segments of 2 and a rest of 1
+def test_remat_gives_the_same_meta_gradient(num_steps):
   apply_fn, params = mlp_setup()
   episodes = metalax.data.sample_sinusoid(jax.random.key(8), 3, 5, 5)
   grads = []
   for remat in (False, True):
-    learner = meta.maml(apply_fn, metalax.losses.squared_error, inner_lr=0.05, num_steps=4, remat=remat)
+    learner = meta.maml(apply_fn, metalax.losses.squared_error, inner_lr=0.05, num_steps=num_steps,
+                        remat=remat)
     grads.append(jax.grad(lambda mp: meta.batch_loss(learner)(mp, episodes)[0])(learner.init(params)))
   assert_trees_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
 
