@@ -84,7 +84,7 @@ def test_maml_runs_on_every_adapter():
     apply_fn, params, x = make(kind)
     episode = metalax.Episode(metalax.Batch(x, jnp.zeros((5, 2))), metalax.Batch(x, jnp.ones((5, 2))))
     learner = metalax.meta.maml(apply_fn, metalax.losses.squared_error, inner_lr=0.1, num_steps=2)
-    grads = jax.jit(jax.grad(lambda mp: learner.loss(mp, episode)[0]))(learner.init(params))
+    grads, _ = jax.jit(jax.grad(learner.loss, has_aux=True))(learner.init(params), episode)
     assert jax.tree.structure(grads["params"]) == jax.tree.structure(params)
 
 
