@@ -1,10 +1,14 @@
 """metalax: meta-learning and multi-task learning as pure JAX functions."""
 
 from metalax import data
+from metalax import episodes
 from metalax import losses
 from metalax import meta
+from metalax import mtl
 from metalax import models
 from metalax import types
+from metalax.episodes import sample_episode
+from metalax.episodes import sample_episodes
 from metalax.types import Batch
 from metalax.types import Episode
 
@@ -14,8 +18,12 @@ __all__ = (
     "Batch",
     "Episode",
     "data",
+    "episodes",
     "losses",
     "meta",
     "models",
+    "mtl",
+    "sample_episode",
+    "sample_episodes",
     "types",
 )

@@ -87,7 +87,7 @@ class RaggedClassImages:
     """``(H, W, C)``."""
     return tuple(self.images.shape[1:])
 
-  def class_images(self, index: int) -> Array:
+  def images_of_class(self, index: int) -> Array:
     """The images of class ``index``: ``[count, H, W, C]``."""
     return self.images[self.class_offsets[index]:self.class_offsets[index + 1]]
 
@@ -403,7 +403,8 @@ def split_classes(data: ClassImages | RaggedClassImages,
                for start, stop in zip(bounds[:-1], bounds[1:]))
 
 
-def concatenate(datasets: Sequence[ClassImages | RaggedClassImages]) -> ClassImages | RaggedClassImages:
+def concatenate(
+    datasets: Sequence[ClassImages | RaggedClassImages]) -> ClassImages | RaggedClassImages:
   """Puts the classes of several containers after one another.
 
   All must be of one kind and share the image shape and dtype; dense ones must
@@ -473,7 +474,8 @@ def rotate_classes(data: ClassImages | RaggedClassImages,
   """
   check_class_images(data)
   angles = [int(angle) for angle in angles]
-  if not angles or any(angle % 90 for angle in angles) or len({a % 360 for a in angles}) != len(angles):
+  distinct = len({angle % 360 for angle in angles}) == len(angles)
+  if not angles or any(angle % 90 for angle in angles) or not distinct:
     raise ValueError(f"angles must be distinct multiples of 90, got {angles}.")
   height, width = data.image_shape[:2]
   if height != width and any(angle % 180 for angle in angles):

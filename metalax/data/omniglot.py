@@ -7,14 +7,18 @@ archives published in github.com/brendenlake/omniglot (``python/``), laid out as
 on white, 20 drawings per character). Members are read straight from the zips,
 never extracted.
 
-Processing, the same as MAML's ``omniglot_resized`` and learn2learn: each PNG is
-converted to 8-bit grayscale (mode ``"L"``, 0 or 255) and resized to
-``image_size x image_size`` with ``PIL.Image.LANCZOS`` (antialiased; resizing the
-1-bit image directly would make Pillow fall back to nearest neighbour), then
-inverted so that **ink is 1 (or 255) and background 0**, like the ``1 - x`` of
-MAML, Prototypical Networks and learn2learn.
+Processing: each PNG is converted to 8-bit grayscale (mode ``"L"``, 0 or 255),
+resized to ``image_size x image_size`` with ``PIL.Image.LANCZOS`` (antialiased,
+grey edges), then inverted so that **ink is 1 (or 255) and background 0**, like
+the ``1 - x`` of MAML, Prototypical Networks and learn2learn. This is
+learn2learn's processing (torchvision opens Omniglot as ``"L"``, then
+``Resize(28, LANCZOS)``). MAML's ``resize_images.py`` and Prototypical Networks
+resize the 1-bit image itself, for which Pillow silently uses nearest neighbour
+whatever filter is asked, so their images are binary: ``resample="nearest"``
+comes close to that (Prototypical Networks also rotates before resizing, where
+this module rotates the resized images, so pixels can differ).
 
-Decoding all 32,460 PNGs takes about 7 s on one core, so the result is cached
+Decoding all 32,460 PNGs takes about 6 s on one core, so the result is cached
 as an ``.npz`` in ``cache_dir`` (default ``$XDG_CACHE_HOME/metalax`` or
 ``~/.cache/metalax``); a cached load takes well under a second. The cache file
 name holds a digest of each archive's size and SHA-256, the image size and the
@@ -136,16 +140,20 @@ def _list_characters(archive: zipfile.ZipFile, path: str,
   return characters
 
 
-def _decode(data: bytes, image_size: int | None) -> np.ndarray:
+_RESAMPLE = {"lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX,
+             "nearest": Image.Resampling.NEAREST}
+
+
+def _decode(data: bytes, image_size: int | None, resample: str) -> np.ndarray:
   with Image.open(io.BytesIO(data)) as image:
     image = image.convert("L")
     if image_size is not None and image.size != (image_size, image_size):
-      image = image.resize((image_size, image_size), Image.Resampling.LANCZOS)
+      image = image.resize((image_size, image_size), _RESAMPLE[resample])
     return 255 - np.asarray(image, dtype=np.uint8)
 
 
-def _decode_archive(path: str, archive_name: str,
-                    image_size: int | None) -> tuple[list[str], list[np.ndarray]]:
+def _decode_archive(path: str, archive_name: str, image_size: int | None,
+                    resample: str) -> tuple[list[str], list[np.ndarray]]:
   """Returns sorted character names and their ``[20, S, S]`` uint8 images (ink 255)."""
   try:
     archive = zipfile.ZipFile(path)
@@ -159,7 +167,7 @@ def _decode_archive(path: str, archive_name: str,
       drawings = []
       for info in sorted(characters[character], key=lambda info: info.filename):
         try:
-          drawings.append(_decode(archive.read(info), image_size))
+          drawings.append(_decode(archive.read(info), image_size, resample))
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, SyntaxError,
                 Image.DecompressionBombError) as error:
           raise ValueError(
@@ -173,9 +181,10 @@ def _decode_archive(path: str, archive_name: str,
   return names, images
 
 
-def _cache_key(fingerprints: list[dict], image_size: int | None) -> tuple[str, str]:
+def _cache_key(fingerprints: list[dict], image_size: int | None,
+               resample: str) -> tuple[str, str]:
   key = json.dumps({"archives": fingerprints, "image_size": image_size,
-                    "resample": "lanczos", "ink": 255, "version": _PROCESSING_VERSION},
+                    "resample": resample, "ink": 255, "version": _PROCESSING_VERSION},
                    sort_keys=True)
   return key, hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -187,13 +196,18 @@ def _read_cache(path: str, key: str) -> tuple[np.ndarray, tuple[str, ...]] | Non
     with np.load(path, allow_pickle=False) as cached:
       if str(cached["key"]) != key:
         return None
-      return cached["images"], tuple(str(name) for name in cached["class_names"])
+      images, names = cached["images"], tuple(str(name) for name in cached["class_names"])
+    if images.dtype != np.uint8 or images.ndim != 5 or images.shape[0] != len(names):
+      raise ValueError(f"unexpected cached array {images.dtype} {images.shape}")
+    return images, names
   except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
     logging.warning("Ignoring unreadable Omniglot cache %s: %s", path, error)
     return None
 
 
 def _write_cache(path: str, key: str, images: np.ndarray, names: list[str]) -> None:
+  """Writes atomically (a temporary file, then a rename); failures only log."""
+  temporary = None
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), suffix=".tmp.npz",
@@ -203,19 +217,24 @@ def _write_cache(path: str, key: str, images: np.ndarray, names: list[str]) -> N
     os.replace(temporary, path)
   except OSError as error:
     logging.warning("Could not write the Omniglot cache %s: %s", path, error)
+    if temporary is not None and os.path.exists(temporary):
+      os.remove(temporary)
 
 
 def load_omniglot(data_dir: str | os.PathLike, *, image_size: int | None = 28,
-                  dtype=np.float32, cache_dir: str | os.PathLike | None = None,
-                  use_cache: bool = True,
+                  resample: str = "lanczos", dtype=np.float32,
+                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                   archives: Sequence[str] = ARCHIVES) -> ClassImages:
   """Loads every Omniglot character as one class, ink 1 on background 0.
 
   Args:
     data_dir: folder holding ``images_background.zip`` and
       ``images_evaluation.zip``.
-    image_size: side of the square output images (LANCZOS resize), or None for
-      the original 105x105.
+    image_size: side of the square output images, or None to keep the original
+      105x105.
+    resample: the resize filter: ``"lanczos"`` (default), ``"box"`` (area
+      average) or ``"nearest"`` (binary images, as MAML's and Snell et al.'s
+      pipelines end up with).
     dtype: ``np.float32`` (values in ``[0, 1]``) or ``np.uint8`` (``[0, 255]``,
       four times smaller).
     cache_dir: where the decoded images are cached; default
@@ -247,11 +266,14 @@ def load_omniglot(data_dir: str | os.PathLike, *, image_size: int | None = 28,
     probabilistic program induction, Science, 2015.
   """
   archives = tuple(archives)
-  if not archives or any(a not in ARCHIVES for a in archives) or len(set(archives)) != len(archives):
+  if (not archives or any(archive not in ARCHIVES for archive in archives)
+      or len(set(archives)) != len(archives)):
     raise ValueError(f"archives must be distinct names from {ARCHIVES}, got {archives}.")
-  archives = tuple(a for a in ARCHIVES if a in archives)
+  archives = tuple(archive for archive in ARCHIVES if archive in archives)
   if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
     raise ValueError(f"image_size must be a positive int or None, got {image_size!r}.")
+  if resample not in _RESAMPLE:
+    raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {resample!r}.")
   dtype = np.dtype(dtype)
   if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
     raise ValueError(f"dtype must be uint8 or a float type, got {dtype}.")
@@ -259,17 +281,17 @@ def load_omniglot(data_dir: str | os.PathLike, *, image_size: int | None = 28,
 
   images = names = None
   if use_cache:
-    key, digest = _cache_key([_fingerprint(path) for path in paths], image_size)
-    size = "orig" if image_size is None else f"{image_size}px"
+    key, digest = _cache_key([_fingerprint(path) for path in paths], image_size, resample)
+    size = "full" if image_size is None else f"{image_size}px"
     cache_path = os.path.join(os.fspath(cache_dir or default_cache_dir()),
-                              f"omniglot_{'_'.join(archives)}_{size}_{digest}.npz")
+                              f"omniglot_{'_'.join(archives)}_{size}_{resample}_{digest}.npz")
     cached = _read_cache(cache_path, key)
     if cached is not None:
       images, names = cached
   if images is None:
     names, images = [], []
     for archive, path in zip(archives, paths):
-      archive_names, archive_images = _decode_archive(path, archive, image_size)
+      archive_names, archive_images = _decode_archive(path, archive, image_size, resample)
       names += archive_names
       images += archive_images
     shapes = {image.shape for image in images}
