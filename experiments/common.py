@@ -5,6 +5,7 @@ and ml_collections'. This module only wires them together the same way for
 every experiment.
 """
 
+import functools
 import json
 import math
 import os
@@ -15,8 +16,10 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tqdm
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "ml-collections", "numpy")
 
@@ -100,6 +103,72 @@ def restore_or_init(manager: ocp.CheckpointManager, init_state: Any) -> tuple[An
         f"model or learner?); use another --workdir or remove it. Orbax said: {e}") from None
   logging.info("Resumed from %s at step %d.", manager.directory, step)
   return state, step
+
+
+def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Array]]], state: Any, *,
+               data: Any, key: jax.Array, num_iterations: int, steps_per_call: int, checkpoint_every: int,
+               run_dir: str, desc: str,
+               on_checkpoint: Callable[[Any, int], dict[str, float]] | None = None) -> Any:
+  """Runs ``num_iterations`` training steps, resuming from ``run_dir/checkpoints``.
+
+  Iteration ``i`` gets the key ``fold_in(key, i)``, so a resumed run sees the
+  same data as an uninterrupted one. ``steps_per_call`` iterations run in one
+  jitted ``lax.scan``; their mean metrics go to ``run_dir/metrics.jsonl`` and
+  the progress bar.
+
+  Args:
+    step: ``step(state, key, data) -> (state, metrics)``, pure; ``metrics`` must
+      hold ``"loss"`` (shown in the progress bar) and may hold anything else.
+    state: the initial training state (a pytree); replaced by the latest
+      checkpoint when there is one.
+    data: arrays the step reads (passed to ``jit`` as an argument, never baked
+      into the program), or None.
+    key: the data key.
+    num_iterations: the total number of iterations.
+    steps_per_call: iterations per jitted call.
+    checkpoint_every: save (and call ``on_checkpoint``) every this many iterations and at the end.
+    run_dir: where ``metrics.jsonl`` and ``checkpoints/`` go.
+    desc: the progress bar's label.
+    on_checkpoint: ``on_checkpoint(state, iteration) -> metrics`` called before
+      each save (e.g. validation); its metrics are logged too.
+
+  Returns:
+    The final state.
+
+  Raises:
+    FloatingPointError: if a loss is not finite; checkpoints stay as they were.
+  """
+  manager = checkpoint_manager(os.path.join(run_dir, "checkpoints"))
+  state, start = restore_or_init(manager, state)
+
+  @functools.partial(jax.jit, static_argnums=3)
+  def run_chunk(state, data, begin, length):
+    def body(state, iteration):
+      return step(state, jax.random.fold_in(key, iteration), data)
+
+    state, metrics = jax.lax.scan(body, state, begin + jnp.arange(length))
+    return state, jax.tree.map(jnp.mean, metrics)
+
+  metrics_path = os.path.join(run_dir, "metrics.jsonl")
+  with tqdm.tqdm(total=num_iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True) as bar:
+    for begin, length in chunks(start, num_iterations, steps_per_call):
+      state, metrics = run_chunk(state, data, begin, length)
+      end = begin + length
+      metrics = {k: float(v) for k, v in metrics.items()}
+      if not all(math.isfinite(v) for v in metrics.values()):
+        raise FloatingPointError(
+            f"{desc.strip()}: a training metric is not finite in iterations {begin}-{end} ({metrics}); "
+            f"the last finite checkpoint is kept in {manager.directory}.")
+      bar.update(length)
+      bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+      record = {"step": end, **metrics}
+      if end % checkpoint_every == 0 or end == num_iterations:
+        if on_checkpoint is not None:
+          record.update(on_checkpoint(state, end))
+        manager.save(end, args=ocp.args.StandardSave(state))
+      append_jsonl(metrics_path, record)
+  manager.wait_until_finished()
+  return state
 
 
 def mean_and_interval(values: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:

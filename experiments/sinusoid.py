@@ -16,7 +16,6 @@ Usage:
       --config.learners=maml,metasgd,pretrained
 """
 
-import functools
 import json
 import os
 from typing import Any
@@ -31,14 +30,13 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 import optax
-import tqdm
 
 import metalax
 from metalax import meta
 from experiments import common
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+import matplotlib.pyplot as plt
 
 LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "imaml", "pretrained")
 
@@ -96,38 +94,19 @@ def train(name: str, config: ml_collections.ConfigDict, workdir: str, apply_fn, 
   """Meta-trains one learner, resuming from ``workdir/name/checkpoints``; returns its meta-parameters."""
   learner = make_learner(name, config, apply_fn)
   optimizer = optax.adam(config.outer_lr)
+  train_step = meta.train_step(learner, optimizer)
+
+  def step(state, key, data):
+    del data  # sinusoid tasks are sampled from the key alone
+    episodes = metalax.data.sample_sinusoid(key, config.meta_batch_size, config.num_shots, config.num_queries)
+    meta_params, opt_state, metrics = train_step(state["meta_params"], state["opt_state"], episodes)
+    return {"meta_params": meta_params, "opt_state": opt_state}, metrics
+
   meta_params = learner.init(params)
-  state = {"meta_params": meta_params, "opt_state": optimizer.init(meta_params)}
-  run_dir = os.path.join(workdir, name)
-  manager = common.checkpoint_manager(os.path.join(run_dir, "checkpoints"))
-  state, start = common.restore_or_init(manager, state)
-  step_fn = meta.train_step(learner, optimizer)
-
-  @functools.partial(jax.jit, static_argnums=2)
-  def run_chunk(state, begin, length):
-    def body(state, iteration):
-      episodes = metalax.data.sample_sinusoid(jax.random.fold_in(key_train, iteration),
-                                              config.meta_batch_size, config.num_shots, config.num_queries)
-      meta_params, opt_state, metrics = step_fn(state["meta_params"], state["opt_state"], episodes)
-      return {"meta_params": meta_params, "opt_state": opt_state}, metrics
-
-    state, metrics = jax.lax.scan(body, state, begin + jnp.arange(length))
-    return state, jax.tree.map(jnp.mean, metrics)
-
-  with tqdm.tqdm(total=config.num_iterations, initial=start, desc=f"{name:>10}", unit="it",
-                 dynamic_ncols=True) as bar:
-    for begin, length in common.chunks(start, config.num_iterations, config.steps_per_call):
-      state, metrics = run_chunk(state, begin, length)
-      end = begin + length
-      common.append_jsonl(os.path.join(run_dir, "metrics.jsonl"), {"step": end, **metrics})
-      bar.update(length)
-      bar.set_postfix(query_mse=f"{float(metrics['loss']):.3f}")
-      if not np.isfinite(float(metrics["objective"])):
-        raise FloatingPointError(f"{name}: the meta-objective is not finite after iteration {end}; "
-                                 f"the last finite checkpoint is kept in {manager.directory}.")
-      if end % config.checkpoint_every == 0 or end == config.num_iterations:
-        manager.save(end, args=common.ocp.args.StandardSave(state))
-  manager.wait_until_finished()
+  state = common.train_loop(
+      step, {"meta_params": meta_params, "opt_state": optimizer.init(meta_params)}, data=None,
+      key=key_train, num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
+      checkpoint_every=config.checkpoint_every, run_dir=os.path.join(workdir, name), desc=f"{name:>10}")
   return state["meta_params"]
 
 
@@ -207,8 +186,8 @@ def plot(path: str, trained, results, tasks, episodes, config) -> None:
   truth = tasks(grid[None])[example]
   for ax, name in zip(axes, names):
     learner, meta_params = trained[name]
-    fit = jax.jit(lambda mp, steps: learner.predict(learner.adapt(mp, support, num_steps=steps), grid),
-                  static_argnums=1)
+    fit = jax.jit(lambda mp, steps, learner=learner: learner.predict(
+        learner.adapt(mp, support, num_steps=steps), grid), static_argnums=1)
     ax.plot(grid, truth, color="tab:red", label="ground truth")
     for steps, style in ((0, ":"), (1, "--"), (config.eval_steps, "-")):
       label = "pre-update" if steps == 0 else f"{steps} grad step{'s' if steps > 1 else ''}"

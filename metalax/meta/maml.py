@@ -139,7 +139,7 @@ def anil(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int, head: str = "hea
     if not hasattr(params, "keys") or head not in params:
       keys = list(params.keys()) if hasattr(params, "keys") else type(params).__name__
       raise ValueError(f"anil adapts params[{head!r}], but the parameters' top-level entries are {keys}.")
-    return {name: jax.tree.map(lambda _: name == head, value) for name, value in params.items()}
+    return {name: jax.tree.map(lambda _, name=name: name == head, value) for name, value in params.items()}
 
   return maml(apply_fn, loss_fn, num_steps=num_steps, inner_lr=inner_lr,
               inner_optimizer=inner_optimizer, first_order=first_order, remat=remat,

@@ -7,7 +7,6 @@ from PIL import Image
 import pytest
 
 from metalax.data import images as images_lib
-from metalax.data.images import ClassImages
 from metalax.data.images import RaggedClassImages
 
 
