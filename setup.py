@@ -20,6 +20,7 @@ setuptools.setup(
         "ml-collections>=1.0",
         "tensorflow-datasets>=4.9",
         "absl-py>=2.0",
+        "tensorboardX>=2.6",
         "tqdm>=4.60",
         "matplotlib>=3.8",
     ],

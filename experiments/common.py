@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorboardX
 import tqdm
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "ml-collections", "numpy")
@@ -113,8 +114,8 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
 
   Iteration ``i`` gets the key ``fold_in(key, i)``, so a resumed run sees the
   same data as an uninterrupted one. ``steps_per_call`` iterations run in one
-  jitted ``lax.scan``; their mean metrics go to ``run_dir/metrics.jsonl`` and
-  the progress bar.
+  jitted ``lax.scan``; their mean metrics go to ``run_dir/metrics.jsonl``,
+  TensorBoard event files in ``run_dir/tb/`` and the progress bar.
 
   Args:
     step: ``step(state, key, data) -> (state, metrics)``, pure; ``metrics`` must
@@ -150,7 +151,8 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
     return state, jax.tree.map(jnp.mean, metrics)
 
   metrics_path = os.path.join(run_dir, "metrics.jsonl")
-  with tqdm.tqdm(total=num_iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True) as bar:
+  writer = tensorboardX.SummaryWriter(os.path.join(run_dir, "tb"))
+  with writer, tqdm.tqdm(total=num_iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True) as bar:
     for begin, length in chunks(start, num_iterations, steps_per_call):
       state, metrics = run_chunk(state, data, begin, length)
       end = begin + length
@@ -167,6 +169,9 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
           record.update(on_checkpoint(state, end))
         manager.save(end, args=ocp.args.StandardSave(state))
       append_jsonl(metrics_path, record)
+      for name, value in record.items():
+        if name != "step":
+          writer.add_scalar(name, value, end)
   manager.wait_until_finished()
   return state
 

@@ -7,7 +7,7 @@ results table and writes into ``--workdir``::
   results.json            MSE after each number of steps: mean and 95% interval
   sinusoid.png            example fits and MSE against gradient steps
   run.json                config, command line, package versions
-  <learner>/metrics.jsonl training loss every ``steps_per_call`` iterations
+  <learner>/metrics.jsonl training metrics every ``steps_per_call`` iterations (also <learner>/tb/)
   <learner>/checkpoints/  orbax checkpoints; a rerun resumes from the latest
 
 Usage:
