@@ -75,7 +75,7 @@ def _assemble(key: jax.Array, chosen: jax.Array, num_ways: int, num_shots: int,
       query=Batch(inputs=query_inputs, labels=jnp.repeat(labels, num_queries)))
 
 
-def _ordered_subsets(key: jax.Array, sizes: jax.Array, size: int) -> jax.Array:
+def ordered_subsets(key: jax.Array, sizes: jax.Array, size: int) -> jax.Array:
   """Uniformly random ordered ``size``-subsets of ``[0, sizes[r])``, one per row.
 
   Floyd's algorithm draws a uniform ``size``-subset with ``size`` calls to
@@ -115,8 +115,8 @@ def _sample_dense(key, images, num_ways, num_shots, num_queries, augment):
   num_classes, num_per_class = images.shape[:2]
   class_key, example_key, augment_key = jax.random.split(key, 3)
   # A uniformly random ordered subset: classes[i] gets label i.
-  classes = _ordered_subsets(class_key, jnp.full((1,), num_classes, jnp.int32), num_ways)[0]
-  examples = _ordered_subsets(example_key, jnp.full((num_ways,), num_per_class, jnp.int32),
+  classes = ordered_subsets(class_key, jnp.full((1,), num_classes, jnp.int32), num_ways)[0]
+  examples = ordered_subsets(example_key, jnp.full((num_ways,), num_per_class, jnp.int32),
                               num_shots + num_queries)
   chosen = jnp.asarray(images)[classes[:, None], examples]
   return _assemble(augment_key, chosen, num_ways, num_shots, num_queries, augment)
@@ -126,8 +126,8 @@ def _sample_ragged(key, data, num_ways, num_shots, num_queries, augment):
   offsets = jnp.asarray(np.asarray(data.class_offsets[:-1]), dtype=jnp.int32)
   counts = jnp.asarray(data.counts, dtype=jnp.int32)
   class_key, example_key, augment_key = jax.random.split(key, 3)
-  classes = _ordered_subsets(class_key, jnp.full((1,), data.num_classes, jnp.int32), num_ways)[0]
-  examples = _ordered_subsets(example_key, counts[classes], num_shots + num_queries)
+  classes = ordered_subsets(class_key, jnp.full((1,), data.num_classes, jnp.int32), num_ways)[0]
+  examples = ordered_subsets(example_key, counts[classes], num_shots + num_queries)
   rows = offsets[classes][:, None] + examples
   chosen = jnp.asarray(data.images)[rows]
   return _assemble(augment_key, chosen, num_ways, num_shots, num_queries, augment)

@@ -10,7 +10,7 @@ from scipy import stats
 
 from metalax import types
 from metalax.data import images as images_lib
-from metalax.episodes import _ordered_subsets
+from metalax.episodes import ordered_subsets
 from metalax.episodes import sample_episode
 from metalax.episodes import sample_episodes
 
@@ -126,7 +126,7 @@ class TestSampleEpisode:
 def test_ordered_subsets_are_exactly_uniform():
   """Every ordered k-subset of [0, n) is equally likely (chi-square over all of them)."""
   sizes, size = (5, 3), 3
-  draw = jax.jit(jax.vmap(lambda key: _ordered_subsets(key, jnp.array(sizes, jnp.int32), size)))
+  draw = jax.jit(jax.vmap(lambda key: ordered_subsets(key, jnp.array(sizes, jnp.int32), size)))
   subsets = np.asarray(draw(jax.random.split(jax.random.key(3), 6000)))  # [6000, rows, size]
   for row, n in enumerate(sizes):
     codes = subsets[:, row] @ (n ** np.arange(size))

@@ -1,4 +1,5 @@
-"""Multi-task learning: loss weightings, gradient aggregation and metrics."""
+"""Multi-task learning: objectives, task scheduling, conditioning, architectures, loss weighting,
+gradient aggregation and metrics."""
 
 from metalax.mtl.aggregation import Aggregator
 from metalax.mtl.aggregation import GradDropState
@@ -16,7 +17,34 @@ from metalax.mtl.aggregation import pcgrad
 from metalax.mtl.aggregation import task_gradient_norms
 from metalax.mtl.aggregation import task_gradients
 from metalax.mtl.aggregation import upgrad
+from metalax.mtl.architectures import CrossStitch
+from metalax.mtl.architectures import HardParameterSharing
+from metalax.mtl.architectures import MMoE
+from metalax.mtl.architectures import MTAN
+from metalax.mtl.architectures import SoftParameterSharing
+from metalax.mtl.architectures import TaskRouting
+from metalax.mtl.architectures import TaskRoutingLayer
+from metalax.mtl.architectures import soft_sharing_penalty
+from metalax.mtl.architectures import task_routing_masks
+from metalax.mtl.conditioning import AdditiveConditioning
+from metalax.mtl.conditioning import ConcatConditioning
+from metalax.mtl.conditioning import FiLM
+from metalax.mtl.conditioning import MultiHead
 from metalax.mtl.metrics import delta_m
+from metalax.mtl.objective import TargetStandardizer
+from metalax.mtl.objective import fit_standardizer
+from metalax.mtl.objective import multitask_loss
+from metalax.mtl.objective import multitask_objective
+from metalax.mtl.objective import one_hot_descriptors
+from metalax.mtl.objective import standardize
+from metalax.mtl.objective import task_descriptors
+from metalax.mtl.objective import unstandardize
+from metalax.mtl.scheduling import host_task_schedule
+from metalax.mtl.scheduling import round_robin_tasks
+from metalax.mtl.scheduling import sample_examples
+from metalax.mtl.scheduling import sample_task_batch
+from metalax.mtl.scheduling import sample_tasks
+from metalax.mtl.scheduling import task_probabilities
 from metalax.mtl.weighting import DynamicWeightAverageState
 from metalax.mtl.weighting import GradNorm
 from metalax.mtl.weighting import GradNormState
@@ -30,32 +58,59 @@ from metalax.mtl.weighting import static_weighting
 from metalax.mtl.weighting import uncertainty_weighting
 
 __all__ = (
+    "AdditiveConditioning",
     "Aggregator",
+    "ConcatConditioning",
+    "CrossStitch",
     "DynamicWeightAverageState",
+    "FiLM",
     "GradDropState",
     "GradNorm",
     "GradNormState",
+    "HardParameterSharing",
     "LossWeighting",
+    "MMoE",
+    "MTAN",
+    "MultiHead",
     "NashMTLState",
     "PCGradState",
     "RandomLossWeightingState",
+    "SoftParameterSharing",
+    "TargetStandardizer",
+    "TaskRouting",
+    "TaskRoutingLayer",
     "aligned_mtl",
     "cagrad",
     "delta_m",
     "dynamic_weight_average",
     "equal_weighting",
+    "fit_standardizer",
     "graddrop",
     "gradnorm",
+    "host_task_schedule",
     "imtl_g",
     "linear_scalarization",
     "mgda",
     "min_norm_solver",
+    "multitask_loss",
+    "multitask_objective",
     "nash_mtl",
+    "one_hot_descriptors",
     "pcgrad",
     "random_loss_weighting",
+    "round_robin_tasks",
+    "sample_examples",
+    "sample_task_batch",
+    "sample_tasks",
+    "soft_sharing_penalty",
+    "standardize",
     "static_weighting",
+    "task_descriptors",
     "task_gradient_norms",
     "task_gradients",
+    "task_probabilities",
+    "task_routing_masks",
     "uncertainty_weighting",
+    "unstandardize",
     "upgrad",
 )
