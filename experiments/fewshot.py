@@ -1,0 +1,263 @@
+r"""N-way K-shot image classification (Omniglot, MNIST) with any metalax learner.
+
+Loads the dataset from local files, splits it by class, meta-trains with
+episodes sampled on device, validates every ``eval_every`` iterations, keeps
+the checkpoint with the best validation accuracy, and tests it on
+``num_test_episodes`` episodes from the test classes. Writes into ``--workdir``::
+
+  results.json          test accuracy: mean and 95% interval; best validation step
+  curves.png            training loss and validation accuracy against iterations
+  metrics.jsonl, tb/    training and validation metrics (JSON lines, TensorBoard events)
+  run.json              config, command line, package versions
+  checkpoints/, best/   orbax checkpoints: latest (a rerun resumes from it) and best-validation
+
+Usage:
+  python -m experiments.fewshot --workdir=/tmp/protonet_5w1s \
+      --config=experiments/configs/fewshot.py:protonet_5w1s
+  python -m experiments.fewshot --workdir=/tmp/maml_5w1s \
+      --config=experiments/configs/fewshot.py:maml_5w1s --config.num_iterations=5000
+"""
+
+import json
+import os
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+import metalax
+from experiments import common
+from metalax import meta
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "imaml")
+METRIC_LEARNERS = ("protonet", "matching", "knn", "r2d2", "blackbox")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "configs", "fewshot.py"),
+    "Experiment configuration, e.g. experiments/configs/fewshot.py:maml_5w1s; override fields with "
+    "--config.FIELD=VALUE.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and plots.")
+
+
+def episode_counts(config: ml_collections.ConfigDict, split: str) -> tuple[int, int, int]:
+  """``(num_ways, num_shots, num_queries)`` of training or evaluation episodes."""
+  if split == "train":
+    return config.num_ways, config.num_shots, config.num_queries
+  return (config.test_num_ways or config.num_ways, config.test_num_shots or config.num_shots,
+          config.test_num_queries or config.num_queries)
+
+
+def make_learner(config: ml_collections.ConfigDict, num_ways: int, num_steps: int
+                 ) -> tuple[meta.MetaLearner, Any]:
+  """The configured learner for ``num_ways``-way episodes, and its backbone module."""
+  name = config.learner
+  gradient_based = name in GRADIENT_LEARNERS
+  backbone = metalax.models.Conv4(num_outputs=num_ways if gradient_based else None, hidden=config.hidden,
+                                  variant=config.backbone, norm=config.norm)
+  apply_fn = metalax.models.from_linen(backbone)
+  loss_fn = metalax.losses.cross_entropy
+  if name in ("maml", "fomaml", "anil"):
+    constructor = {"maml": meta.maml, "fomaml": meta.fomaml, "anil": meta.anil}[name]
+    return constructor(apply_fn, loss_fn, inner_lr=config.inner_lr, num_steps=num_steps), backbone
+  if name == "metasgd":
+    return meta.metasgd(apply_fn, loss_fn, init_lr=config.inner_lr, num_steps=num_steps), backbone
+  if name == "reptile":
+    return meta.reptile(apply_fn, loss_fn, inner_lr=config.inner_lr, num_steps=num_steps), backbone
+  if name == "imaml":
+    return meta.imaml(apply_fn, loss_fn, inner_lr=config.inner_lr, num_steps=num_steps,
+                      reg=config.imaml_reg), backbone
+  if name == "protonet":
+    return meta.protonet(apply_fn, num_ways=num_ways), backbone
+  if name == "matching":
+    return meta.matching_net(apply_fn, num_ways=num_ways), backbone
+  if name == "knn":
+    return meta.nearest_neighbour(apply_fn, num_ways=num_ways), backbone
+  if name == "r2d2":
+    return meta.r2d2(apply_fn, num_ways=num_ways), backbone
+  if name == "blackbox":
+    return meta.blackbox(apply_fn, num_ways=num_ways), backbone
+  raise ValueError(f"unknown learner {name!r}; expected one of "
+                   f"{', '.join(GRADIENT_LEARNERS + METRIC_LEARNERS)}.")
+
+
+def load_splits(config: ml_collections.ConfigDict) -> dict[str, metalax.data.ClassImages]:
+  """``{"train", "validation", "test"}`` images as uint8 ``[classes, per_class, 28, 28, 1]``."""
+  data_dir = config.data_dir or os.path.join(REPO_ROOT, "..", "shared", "data", config.dataset)
+  if config.dataset == "omniglot":
+    characters = metalax.data.load_omniglot(data_dir, dtype=np.uint8, cache_dir=config.cache_dir or None)
+    splits = metalax.data.omniglot_splits(characters, config.split, num_validation=config.num_validation)
+  elif config.dataset == "mnist":
+    # Digits 0-4 train, 5-9 test (validation: 5-9 of the official test images): 5-way at most.
+    train = metalax.data.to_dense(metalax.data.mnist_class_images(data_dir, "train", dtype=np.uint8),
+                                  num_per_class=5421)
+    test = metalax.data.to_dense(metalax.data.mnist_class_images(data_dir, "test", dtype=np.uint8),
+                                 num_per_class=892)
+    splits = {"train": metalax.data.select_classes(train, range(5)),
+              "validation": metalax.data.select_classes(test, range(5, 10)),
+              "test": metalax.data.select_classes(train, range(5, 10))}
+  else:
+    raise ValueError(f"unknown dataset {config.dataset!r}; expected omniglot or mnist.")
+  if "validation" not in splits:
+    raise ValueError(f"split {config.split!r} has no validation classes; set --config.num_validation > 0.")
+  for split, data in splits.items():
+    ways, shots, queries = episode_counts(config, "train" if split == "train" else "test")
+    if ways > data.num_classes or shots + queries > data.num_per_class:
+      raise ValueError(
+          f"{ways}-way {shots}-shot episodes with {queries} queries per class need {ways} classes with "
+          f"{shots + queries} images each, but the {split} split has {data.num_classes} classes of "
+          f"{data.num_per_class} images.")
+  return splits
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for settings that cannot run, before any data is read."""
+  for field in ("num_ways", "num_shots", "num_queries", "meta_batch_size", "num_iterations", "steps_per_call",
+                "eval_every", "num_valid_episodes", "num_test_episodes", "eval_batch_size", "hidden"):
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"--config.{field} must be an int >= 1, got {value!r}.")
+  if config.num_ways < 2:
+    raise ValueError(f"--config.num_ways must be >= 2, got {config.num_ways}.")
+  if config.learner in GRADIENT_LEARNERS and episode_counts(config, "test")[0] != config.num_ways:
+    raise ValueError(f"{config.learner} has a {config.num_ways}-way output layer: test_num_ways must equal "
+                     f"num_ways, got {config.test_num_ways}.")
+  if config.lr_schedule not in ("constant", "step", "cosine"):
+    raise ValueError(f"--config.lr_schedule must be constant, step or cosine, got {config.lr_schedule!r}.")
+  make_learner(config, config.num_ways, config.num_steps)
+
+
+def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
+  if config.lr_schedule == "step":
+    return optax.exponential_decay(config.outer_lr, config.lr_decay_every, 0.5, staircase=True)
+  if config.lr_schedule == "cosine":
+    return optax.cosine_decay_schedule(config.outer_lr, config.num_iterations)
+  return optax.constant_schedule(config.outer_lr)
+
+
+def as_float(episodes: metalax.Episode) -> metalax.Episode:
+  convert = lambda batch: batch.replace(inputs=metalax.data.to_float32(batch.inputs))
+  return episodes.replace(support=convert(episodes.support), query=convert(episodes.query))
+
+
+def make_evaluator(learner: meta.MetaLearner, counts: tuple[int, int, int], num_episodes: int,
+                   batch_size: int):
+  """``evaluate(meta_params, images, key) -> accuracies [num_episodes]``, jitted, batch by batch."""
+  num_batches = -(-num_episodes // batch_size)
+  evaluate = meta.evaluate(learner)
+
+  @jax.jit
+  def run(meta_params, images, key):
+    def one_batch(key):
+      return evaluate(meta_params, as_float(metalax.sample_episodes(key, images, batch_size, *counts)))
+
+    metrics = jax.lax.map(one_batch, jax.random.split(key, num_batches))
+    return jax.tree.map(lambda x: x.reshape(-1)[:num_episodes], metrics)
+
+  return run
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Meta-trains, validates, tests the best-validation checkpoint and writes the results.
+
+  Returns:
+    ``{"test_accuracy", "test_interval", "best_step", "best_validation_accuracy", ...}``.
+  """
+  check_config(config)
+  workdir = common.prepare_workdir(workdir)
+  common.write_run_info(workdir, config)
+  splits = load_splits(config)
+  images = {name: jax.device_put(data.images) for name, data in splits.items()}
+  key_init, key_train, key_valid, key_test = jax.random.split(jax.random.key(config.seed), 4)
+
+  train_counts, test_counts = episode_counts(config, "train"), episode_counts(config, "test")
+  learner, backbone = make_learner(config, train_counts[0], config.num_steps)
+  test_learner, _ = make_learner(config, test_counts[0], config.test_num_steps)
+  params = backbone.init(key_init, jnp.zeros((2, *splits["train"].image_shape)))["params"]
+  optimizer = optax.adam(learning_rate(config))
+  train_step = meta.train_step(learner, optimizer)
+
+  def step(state, key, train_images):
+    episodes = as_float(metalax.sample_episodes(key, train_images, config.meta_batch_size, *train_counts))
+    meta_params, opt_state, metrics = train_step(state["meta_params"], state["opt_state"], episodes)
+    return {"meta_params": meta_params, "opt_state": opt_state}, metrics
+
+  validate = make_evaluator(test_learner, test_counts, config.num_valid_episodes, config.eval_batch_size)
+  best_manager = common.checkpoint_manager(os.path.join(workdir, "best"), max_to_keep=1)
+  best_path = os.path.join(workdir, "best.json")
+
+  def on_checkpoint(state, iteration):
+    accuracy = float(np.mean(validate(state["meta_params"], images["validation"], key_valid)["accuracy"]))
+    best = json.load(open(best_path)) if os.path.exists(best_path) else {"accuracy": -1.0}
+    if accuracy > best["accuracy"]:
+      best_manager.save(iteration, args=common.ocp.args.StandardSave(state["meta_params"]), force=True)
+      best_manager.wait_until_finished()
+      with open(best_path, "w") as f:
+        json.dump({"step": iteration, "accuracy": accuracy}, f)
+    return {"validation_accuracy": accuracy}
+
+  meta_params = learner.init(params)
+  state = common.train_loop(
+      step, {"meta_params": meta_params, "opt_state": optimizer.init(meta_params)}, data=images["train"],
+      key=key_train, num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
+      checkpoint_every=config.eval_every, run_dir=workdir, desc=config.learner,
+      on_checkpoint=on_checkpoint)
+
+  best = json.load(open(best_path))
+  best_params = best_manager.restore(best["step"], args=common.ocp.args.StandardRestore(
+      jax.tree.map(common.ocp.utils.to_shape_dtype_struct, state["meta_params"])))
+  test = make_evaluator(test_learner, test_counts, config.num_test_episodes, config.eval_batch_size)
+  accuracy, interval = common.mean_and_interval(np.asarray(test(best_params, images["test"], key_test)["accuracy"]))
+  ways, shots, queries = test_counts
+  results = {"test_accuracy": float(accuracy), "test_interval": float(interval), "best_step": best["step"],
+             "best_validation_accuracy": best["accuracy"], "num_test_episodes": config.num_test_episodes,
+             "test_episodes": f"{ways}-way {shots}-shot, {queries} queries per class"}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"), config)
+  print(f"{config.learner} on {config.dataset} ({config.split}), {results['test_episodes']}: test accuracy "
+        f"{100 * accuracy:.2f} +- {100 * interval:.2f}% over {config.num_test_episodes} episodes "
+        f"(best validation {100 * best['accuracy']:.2f}% at iteration {best['step']})")
+  return results
+
+
+def plot_curves(metrics_path: str, path: str, config: ml_collections.ConfigDict) -> None:
+  records = [json.loads(line) for line in open(metrics_path)]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+  left.plot([r["step"] for r in records], [r["loss"] for r in records])
+  left.set_xlabel("iteration")
+  left.set_ylabel("training query loss")
+  valid = [r for r in records if "validation_accuracy" in r]
+  right.plot([r["step"] for r in valid], [100 * r["validation_accuracy"] for r in valid], marker="o")
+  right.set_xlabel("iteration")
+  right.set_ylabel("validation accuracy (%)")
+  fig.suptitle(f"{config.learner}, {config.dataset} {config.num_ways}-way {config.num_shots}-shot training")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required (where results, checkpoints and plots go).")
+  common.quiet_orbax_logs()
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, FileNotFoundError) as e:
+    raise app.UsageError(str(e)) from None
+
+
+if __name__ == "__main__":
+  app.run(main)
