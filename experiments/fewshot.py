@@ -86,7 +86,9 @@ def make_learner(config: ml_collections.ConfigDict, num_ways: int, num_steps: in
   if name == "r2d2":
     return meta.r2d2(apply_fn, num_ways=num_ways), backbone
   if name == "blackbox":
-    return meta.blackbox(apply_fn, num_ways=num_ways), backbone
+    sample = jnp.zeros((2, 28, 28, 1) if config.dataset in ("omniglot", "mnist") else ())
+    embedding_dim = jax.eval_shape(lambda: backbone.init_with_output(jax.random.key(0), sample)[0]).shape[-1]
+    return meta.blackbox(apply_fn, num_ways=num_ways, embedding_dim=embedding_dim, seed=config.seed), backbone
   raise ValueError(f"unknown learner {name!r}; expected one of "
                    f"{', '.join(GRADIENT_LEARNERS + METRIC_LEARNERS)}.")
 
@@ -129,7 +131,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"--config.{field} must be an int >= 1, got {value!r}.")
   if config.num_ways < 2:
     raise ValueError(f"--config.num_ways must be >= 2, got {config.num_ways}.")
-  if config.learner in GRADIENT_LEARNERS and episode_counts(config, "test")[0] != config.num_ways:
+  if (config.learner in GRADIENT_LEARNERS + ("blackbox",)
+      and episode_counts(config, "test")[0] != config.num_ways):
     raise ValueError(f"{config.learner} has a {config.num_ways}-way output layer: test_num_ways must equal "
                      f"num_ways, got {config.test_num_ways}.")
   if config.lr_schedule not in ("constant", "step", "cosine"):
