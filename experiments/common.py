@@ -74,6 +74,37 @@ def append_jsonl(path: str, record: dict[str, Any]) -> None:
     f.write(json.dumps(record) + "\n")
 
 
+def run_experiment(train_and_evaluate: Callable[[Any, str], Any], default_config: str) -> None:
+  """The absl entrypoint shared by every experiment: ``--config`` (ml_collections) and ``--workdir``.
+
+  Flags are defined here, when a module runs as ``__main__``, so importing
+  several experiments in one process (as the tests do) defines no flag twice.
+  A ``ValueError`` or ``FileNotFoundError`` (bad config, missing data) ends the
+  run with its message, not a traceback.
+  """
+  from absl import app
+  from absl import flags
+  from ml_collections import config_flags
+
+  config_flag = config_flags.DEFINE_config_file(
+      "config", default_config, "Experiment configuration (a config file, optionally FILE:PRESET); override "
+      "fields with --config.FIELD=VALUE.")
+  workdir_flag = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and plots.")
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not workdir_flag.value:
+      raise app.UsageError("--workdir is required (where results, checkpoints and plots go).")
+    quiet_orbax_logs()
+    try:
+      train_and_evaluate(config_flag.value, workdir_flag.value)
+    except (ValueError, FileNotFoundError) as e:
+      raise app.UsageError(str(e)) from None
+
+  app.run(main)
+
+
 def quiet_orbax_logs() -> None:
   """Keeps orbax's per-save INFO lines out of the console; warnings and errors still show."""
   logging.get_absl_handler().addFilter(

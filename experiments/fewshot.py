@@ -22,13 +22,10 @@ import json
 import os
 from typing import Any
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import matplotlib
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 import optax
 
@@ -43,11 +40,6 @@ GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "imaml")
 METRIC_LEARNERS = ("protonet", "matching", "knn", "r2d2", "blackbox")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "fewshot.py"),
-    "Experiment configuration, e.g. experiments/configs/fewshot.py:maml_5w1s; override fields with "
-    "--config.FIELD=VALUE.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and plots.")
 
 
 def episode_counts(config: ml_collections.ConfigDict, split: str) -> tuple[int, int, int]:
@@ -153,19 +145,21 @@ def as_float(episodes: metalax.Episode) -> metalax.Episode:
   return episodes.replace(support=convert(episodes.support), query=convert(episodes.query))
 
 
-def make_evaluator(learner: meta.MetaLearner, counts: tuple[int, int, int], num_episodes: int,
-                   batch_size: int):
-  """``evaluate(meta_params, images, key) -> accuracies [num_episodes]``, jitted, batch by batch."""
-  num_batches = -(-num_episodes // batch_size)
+def make_evaluator(learner: meta.MetaLearner, counts: tuple[int, int, int], batch_size: int):
+  """``evaluate(meta_params, images, key, num_episodes) -> accuracies [num_episodes]``.
+
+  One jitted program evaluates ``batch_size`` episodes; validation and test
+  share it, batch after batch.
+  """
   evaluate = meta.evaluate(learner)
 
   @jax.jit
-  def run(meta_params, images, key):
-    def one_batch(key):
-      return evaluate(meta_params, as_float(metalax.sample_episodes(key, images, batch_size, *counts)))
+  def one_batch(meta_params, images, key):
+    return evaluate(meta_params, as_float(metalax.sample_episodes(key, images, batch_size, *counts)))["accuracy"]
 
-    metrics = jax.lax.map(one_batch, jax.random.split(key, num_batches))
-    return jax.tree.map(lambda x: x.reshape(-1)[:num_episodes], metrics)
+  def run(meta_params, images, key, num_episodes):
+    keys = jax.random.split(key, -(-num_episodes // batch_size))
+    return np.concatenate([np.asarray(one_batch(meta_params, images, k)) for k in keys])[:num_episodes]
 
   return run
 
@@ -195,12 +189,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     meta_params, opt_state, metrics = train_step(state["meta_params"], state["opt_state"], episodes)
     return {"meta_params": meta_params, "opt_state": opt_state}, metrics
 
-  validate = make_evaluator(test_learner, test_counts, config.num_valid_episodes, config.eval_batch_size)
+  evaluate = make_evaluator(test_learner, test_counts, config.eval_batch_size)
   best_manager = common.checkpoint_manager(os.path.join(workdir, "best"), max_to_keep=1)
   best_path = os.path.join(workdir, "best.json")
 
   def on_checkpoint(state, iteration):
-    accuracy = float(np.mean(validate(state["meta_params"], images["validation"], key_valid)["accuracy"]))
+    accuracy = float(np.mean(evaluate(state["meta_params"], images["validation"], key_valid,
+                                      config.num_valid_episodes)))
     best = json.load(open(best_path)) if os.path.exists(best_path) else {"accuracy": -1.0}
     if accuracy > best["accuracy"]:
       best_manager.save(iteration, args=common.ocp.args.StandardSave(state["meta_params"]), force=True)
@@ -219,8 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   best = json.load(open(best_path))
   best_params = best_manager.restore(best["step"], args=common.ocp.args.StandardRestore(
       jax.tree.map(common.ocp.utils.to_shape_dtype_struct, state["meta_params"])))
-  test = make_evaluator(test_learner, test_counts, config.num_test_episodes, config.eval_batch_size)
-  accuracy, interval = common.mean_and_interval(np.asarray(test(best_params, images["test"], key_test)["accuracy"]))
+  accuracy, interval = common.mean_and_interval(
+      evaluate(best_params, images["test"], key_test, config.num_test_episodes))
   ways, shots, queries = test_counts
   results = {"test_accuracy": float(accuracy), "test_interval": float(interval), "best_step": best["step"],
              "best_validation_accuracy": best["accuracy"], "num_test_episodes": config.num_test_episodes,
@@ -250,17 +245,5 @@ def plot_curves(metrics_path: str, path: str, config: ml_collections.ConfigDict)
   plt.close(fig)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required (where results, checkpoints and plots go).")
-  common.quiet_orbax_logs()
-  try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileNotFoundError) as e:
-    raise app.UsageError(str(e)) from None
-
-
 if __name__ == "__main__":
-  app.run(main)
+  common.run_experiment(train_and_evaluate, os.path.join(os.path.dirname(__file__), "configs", "fewshot.py"))

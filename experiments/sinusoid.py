@@ -20,14 +20,11 @@ import json
 import os
 from typing import Any
 
-from absl import app
-from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
 import matplotlib
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 import optax
 
@@ -40,10 +37,6 @@ import matplotlib.pyplot as plt
 
 LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "imaml", "pretrained")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "sinusoid.py"),
-    "Experiment configuration; override fields with --config.FIELD=VALUE.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results, checkpoints and plots.")
 
 
 def make_learner(name: str, config: ml_collections.ConfigDict, apply_fn: metalax.types.ApplyFn,
@@ -214,17 +207,5 @@ def plot(path: str, trained, results, tasks, episodes, config) -> None:
   plt.close(fig)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
-    raise app.UsageError("--workdir is required (where results, checkpoints and plots go).")
-  common.quiet_orbax_logs()
-  try:
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-
-
 if __name__ == "__main__":
-  app.run(main)
+  common.run_experiment(train_and_evaluate, os.path.join(os.path.dirname(__file__), "configs", "sinusoid.py"))

@@ -21,8 +21,8 @@ def cache_dir(tmp_path_factory):
 
 def tiny_config(cache_dir, preset, **overrides):
   config = fewshot_config.get_config(preset)
-  config.update(dict(cache_dir=cache_dir, hidden=16, num_iterations=60, steps_per_call=20, eval_every=30,
-                     num_valid_episodes=20, num_test_episodes=60, eval_batch_size=20))
+  config.update(dict(cache_dir=cache_dir, hidden=16, backbone="strided", num_iterations=60, steps_per_call=30,
+                     eval_every=30, num_valid_episodes=20, num_test_episodes=60, eval_batch_size=20))
   config.update(overrides)
   return config
 
@@ -37,11 +37,11 @@ def test_maml_learns_on_omniglot(tmp_path, cache_dir):
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, cache_dir):
-  config = tiny_config(cache_dir, "protonet_5w1s", num_ways=10, num_queries=2, num_iterations=40,
-                       eval_every=20)
+  settings = dict(num_ways=10, num_queries=2, steps_per_call=20, eval_every=20)
+  config = tiny_config(cache_dir, "protonet_5w1s", num_iterations=40, **settings)
   straight = fewshot.train_and_evaluate(config, str(tmp_path / "straight"))
-  fewshot.train_and_evaluate(tiny_config(cache_dir, "protonet_5w1s", num_ways=10, num_queries=2,
-                                         num_iterations=20, eval_every=20), str(tmp_path / "resumed"))
+  fewshot.train_and_evaluate(tiny_config(cache_dir, "protonet_5w1s", num_iterations=20, **settings),
+                             str(tmp_path / "resumed"))
   resumed = fewshot.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert resumed == straight
   restore = lambda run: ocp.CheckpointManager(str(tmp_path / run / "checkpoints")).restore(40)
