@@ -35,24 +35,6 @@ def mlp_setup(num_outputs=1):
   return metalax.models.from_linen(model), params
 
 
-def finite_difference_grad(f, tree, eps=1e-3):
-  """Central differences of scalar f over every entry of a float64 pytree."""
-  f = jax.jit(f)
-  leaves, treedef = jax.tree.flatten(tree)
-  grads = []
-  for i, leaf in enumerate(leaves):
-    leaf = np.asarray(leaf, np.float64)
-    grad = np.zeros_like(leaf)
-    for idx in np.ndindex(leaf.shape):
-      for sign in (1, -1):
-        bumped = leaf.copy()
-        bumped[idx] += sign * eps
-        new = list(leaves)
-        new[i] = bumped
-        grad[idx] += sign * float(f(treedef.unflatten(new))) / (2 * eps)
-    grads.append(grad)
-  return treedef.unflatten(grads)
-
 
 def assert_trees_close(a, b, **kwargs):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kwargs), a, b)
@@ -107,7 +89,7 @@ def test_first_order_equals_manual_stop_gradient():
   assert_trees_close(grads["params"], jax.grad(manual)(params), rtol=1e-5, atol=1e-7)
 
 
-def test_second_order_maml_and_metasgd_match_finite_differences():
+def test_second_order_maml_and_metasgd_match_finite_differences(finite_difference_grad):
   with jax.enable_x64(True):
     apply_fn, params = mlp_setup()
     params = jax.tree.map(lambda x: x.astype(jnp.float64), params)

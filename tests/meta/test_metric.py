@@ -198,24 +198,9 @@ def test_vmapped_batch_loss_equals_python_loop(name):
       assert np.abs(leaf).sum() > 0, path
 
 
-def finite_difference_grad(f, tree, eps=1e-5):
-  f = jax.jit(f)
-  leaves, treedef = jax.tree.flatten(tree)
-  grads = []
-  for i, leaf in enumerate(leaves):
-    leaf = np.asarray(leaf, np.float64)
-    grad = np.zeros_like(leaf)
-    for idx in np.ndindex(leaf.shape):
-      for sign in (1, -1):
-        bumped = leaf.copy()
-        bumped[idx] += sign * eps
-        grad[idx] += sign * float(f(treedef.unflatten(leaves[:i] + [bumped] + leaves[i + 1:]))) / (2 * eps)
-    grads.append(grad)
-  return treedef.unflatten(grads)
-
 
 @pytest.mark.parametrize("dim", [2, 8])
-def test_r2d2_gradient_through_the_solve_matches_finite_differences(dim):
+def test_r2d2_gradient_through_the_solve_matches_finite_differences(dim, finite_difference_grad):
   with jax.enable_x64(True):
     learner = r2d2(linear, num_ways=NUM_WAYS, reg=0.3, scale=2.0)
     episode = jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x,
