@@ -34,12 +34,15 @@ class Conv4(nn.Module):
       metric learners); an int adds a ``Dense`` named ``"head"`` giving logits
       ``[n, num_outputs]``.
     hidden: channels of every convolution.
-    variant: ``"strided"``: 3x3 convolutions with stride 2 and padding 1 (the
-      MAML paper's Omniglot network; learn2learn's ``OmniglotCNN``); on 28x28
-      inputs the maps are 14, 7, 4, 2, so ``d = 4 * hidden``. ``"maxpool"``:
-      stride-1 convolutions with padding 1, each followed by a 2x2 max-pool
-      (ProtoNets; learn2learn's ``CNN4`` with ``max_pool=True``); on 28x28 the
-      maps are 14, 7, 3, 1, so ``d = hidden``.
+    variant: ``"strided"``: 3x3 convolutions with stride 2 and padding 1, then
+      the mean over the spatial positions (the MAML paper's Omniglot network,
+      whose code takes ``reduce_mean(hidden4, [1, 2])``; learn2learn's
+      ``OmniglotCNN``): on 28x28 inputs the maps are 14, 7, 4, 2 and ``d =
+      hidden``. ``"maxpool"``: stride-1 convolutions with padding 1, each
+      followed by a 2x2 max-pool, then flattened (ProtoNets; learn2learn's
+      ``CNN4(max_pool=True, embedding_size=hidden)``): on 28x28 the maps are
+      14, 7, 3, 1 and ``d = hidden``. With ``hidden=64`` and 5 outputs both
+      have 112,261 parameters, as learn2learn's.
     norm: ``"batch"`` (batch statistics, no running averages), ``"layer"``,
       ``"group"`` (32 groups or fewer) or ``"none"``.
 
@@ -72,6 +75,8 @@ class Conv4(nn.Module):
       x = nn.relu(x)
       if self.variant == "maxpool":
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    if self.variant == "strided":
+      x = jnp.mean(x, axis=(1, 2))
     x = x.reshape(x.shape[0], -1)
     if self.num_outputs is None:
       return x

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Installs the PyTorch peer of metalax's speed benchmark -- learn2learn 0.2.0 on
+# torch 2.13.0 (CPU build) -- into the ACTIVE python environment.
+#
+#   source .venv/bin/activate && bash benchmarks/install_peer.sh
+#   PYTHON=/path/to/python bash benchmarks/install_peer.sh      # or name the python
+#
+# Idempotent: every step checks first and skips what is already in place.
+# Exits non-zero on the first failure. See benchmarks/PEER.md for the why of each step.
+#
+# Knobs (environment):
+#   PYTHON            python to install into (default: python)
+#   PEER_TORCH_SPEC   torch requirement (default: torch==2.13.0+cpu -- the local CPU wheel;
+#                     the "+cpu" makes pip fail fast instead of pulling PyPI's multi-GB
+#                     CUDA build of 2.13.0 when the CPU wheel cannot be found)
+set -euo pipefail
+
+PY="${PYTHON:-python}"
+TORCH_SPEC="${PEER_TORCH_SPEC:-torch==2.13.0+cpu}"
+TORCH_VERSION_PREFIX="2.13.0"
+L2L_VERSION="0.2.0"
+TORCHVISION_VERSION="0.28.0"   # the torchvision release built against torch 2.13
+GYM_VERSION="0.26.2"
+CYTHON_SPEC="cython==3.3.1"
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+PIP_C=()
+if [[ -f "$ROOT/constraints.txt" ]]; then
+    # keeps numpy & co. at the versions metalax pins while pulling torch's own deps
+    PIP_C=(-c "$ROOT/constraints.txt")
+fi
+
+say() { printf '[install_peer] %s\n' "$*"; }
+die() { printf '[install_peer] ERROR: %s\n' "$*" >&2; exit 1; }
+run() { printf '[install_peer] $ %s\n' "$*"; "$@"; }
+pyok() { "$PY" -c "$1" >/dev/null 2>&1; }
+
+command -v "$PY" >/dev/null 2>&1 || die "python not found: $PY"
+say "python: $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+pyok 'import sys; assert sys.version_info[:2] >= (3, 8)' || die "need python >= 3.8"
+
+# --- 1. torch 2.13.0, CPU build ------------------------------------------------
+TORCH_CHECK="import torch; assert torch.__version__.startswith('$TORCH_VERSION_PREFIX'), torch.__version__; assert torch.version.cuda is None, 'CUDA build'"
+if pyok "$TORCH_CHECK"; then
+    say "1/6 torch: $("$PY" -c 'import torch; print(torch.__version__)') already installed, skipping"
+else
+    say "1/6 torch: installing $TORCH_SPEC"
+    run "$PY" -m pip install "${PIP_C[@]}" "$TORCH_SPEC"
+    "$PY" -c "$TORCH_CHECK" || die "torch after install is not the $TORCH_VERSION_PREFIX CPU build"
+fi
+
+# --- 2. small runtime deps learn2learn imports (scipy: vision.models.cnn4; PIL,
+#        requests, tqdm: vision.datasets) and gym (learn2learn/__init__ imports
+#        learn2learn.gym, which imports gym) ------------------------------------
+if pyok "import scipy.stats, requests, tqdm, PIL; import gym; assert gym.__version__ == '$GYM_VERSION'"; then
+    say "2/6 scipy/requests/tqdm/pillow/gym $GYM_VERSION: already installed, skipping"
+else
+    say "2/6 installing scipy requests tqdm pillow gym==$GYM_VERSION"
+    run "$PY" -m pip install "${PIP_C[@]}" scipy requests tqdm pillow "gym==$GYM_VERSION" "$TORCH_SPEC"
+fi
+
+# --- 3. torchvision 0.28.0 without deps (never let it touch torch) --------------
+if pyok "import importlib.metadata as m; assert m.version('torchvision') == '$TORCHVISION_VERSION'"; then
+    say "3/6 torchvision $TORCHVISION_VERSION: already installed, skipping"
+else
+    say "3/6 installing torchvision==$TORCHVISION_VERSION --no-deps"
+    run "$PY" -m pip install --no-deps "torchvision==$TORCHVISION_VERSION"
+fi
+
+# --- 4. make torchvision importable beside a CPU torch ---------------------------
+# PyPI's torchvision wheel is linked against the CUDA torch (libc10_cuda.so), so its
+# _C extension cannot load beside torch+cpu. torchvision handles that (ops raise
+# "Couldn't load custom C++ ops" when used) except in _meta_registrations.py, whose
+# two @torch.library.register_fake("torchvision::nms"/"qnms") decorators are not
+# guarded by _has_ops() and make `import torchvision` itself fail with
+# "RuntimeError: operator torchvision::nms does not exist". Guard them.
+"$PY" - <<'EOF' || die "patching torchvision failed"
+import importlib.util, pathlib, re
+spec = importlib.util.find_spec("torchvision")
+path = pathlib.Path(spec.submodule_search_locations[0]) / "_meta_registrations.py"
+src = path.read_text()
+pattern = re.compile(r'^@torch\.library\.register_fake\(("torchvision::[A-Za-z_]+")\)$', re.M)
+new, n = pattern.subn(
+    r'@(torch.library.register_fake(\1) if torchvision.extension._has_ops() else (lambda fn: fn))', src)
+if n:
+    path.write_text(new)
+    print(f"[install_peer] 4/6 torchvision: guarded {n} register_fake decorator(s) in {path}")
+else:
+    print(f"[install_peer] 4/6 torchvision: {path.name} needs no patch (already guarded)")
+EOF
+pyok "import torchvision" || { "$PY" -c "import torchvision" || true; die "torchvision does not import"; }
+
+# --- 5. learn2learn 0.2.0 from the sdist, Cython sources regenerated -------------
+# The sdist ships .c files generated by Cython 0.29.15, which include longintrepr.h
+# (gone from Python 3.11's public headers) -> build fails. Regenerate them from the
+# .pyx with a current Cython, build without isolation (setup.py compiles the .c
+# files; torch/numpy/cython must be visible), install without deps (its
+# install_requires would pull torchvision/gym/qpth/gsutil and could replace torch).
+L2L_CHECK="import learn2learn, learn2learn.data.task_dataset, learn2learn.data.meta_dataset, learn2learn.data.transforms; assert learn2learn.__version__ == '$L2L_VERSION'"
+if pyok "$L2L_CHECK"; then
+    say "5/6 learn2learn $L2L_VERSION: already installed, skipping"
+else
+    say "5/6 building learn2learn $L2L_VERSION from its sdist"
+    pyok "import Cython" || run "$PY" -m pip install "${PIP_C[@]}" "$CYTHON_SPEC"
+    pyok "import setuptools, wheel" || run "$PY" -m pip install "${PIP_C[@]}" setuptools wheel
+    WORK="$(mktemp -d)"
+    trap 'rm -rf "$WORK"' EXIT
+    run "$PY" -m pip download --no-deps --no-binary :all: "learn2learn==$L2L_VERSION" -d "$WORK"
+    run tar -xzf "$WORK/learn2learn-$L2L_VERSION.tar.gz" -C "$WORK"
+    SRC="$WORK/learn2learn-$L2L_VERSION"
+    say "removing the shipped Cython-0.29 .c files and the stale .eggs/ folder"
+    rm -rf "$SRC/.eggs" "$SRC/build"
+    rm -f "$SRC/learn2learn/data/meta_dataset.c" "$SRC/learn2learn/data/task_dataset.c" \
+          "$SRC/learn2learn/data/transforms.c"
+    # same directives as the package's setup.py uses when it cythonizes itself
+    (cd "$SRC" && run "$PY" -m cython -3 -X embedsignature=True \
+        learn2learn/data/meta_dataset.pyx learn2learn/data/task_dataset.pyx \
+        learn2learn/data/transforms.pyx)
+    run "$PY" -m pip install --no-deps --no-build-isolation "$SRC"
+    "$PY" -c "$L2L_CHECK" || die "learn2learn does not import after install"
+fi
+
+# --- 6. smoke test: one second-order MAML step -----------------------------------
+say "6/6 smoke test"
+"$PY" - <<EOF || die "smoke test failed"
+import contextlib, sys
+import torch
+with contextlib.redirect_stdout(sys.stderr):
+    import learn2learn as l2l
+assert torch.__version__.startswith("$TORCH_VERSION_PREFIX") and torch.version.cuda is None, torch.__version__
+net = l2l.vision.models.OmniglotCNN(output_size=5)
+maml = l2l.algorithms.MAML(net, lr=0.4, first_order=False)
+learner = maml.clone()
+x, y = torch.rand(5, 1, 28, 28), torch.arange(5)
+learner.adapt(torch.nn.functional.cross_entropy(learner(x), y))
+torch.nn.functional.cross_entropy(learner(x), y).backward()
+assert all(p.grad is not None for p in maml.parameters())
+print(f"[install_peer] ok: torch {torch.__version__}, learn2learn {l2l.__version__}")
+EOF
