@@ -1,83 +1,313 @@
-"""Conv-4: the four-block convolutional backbone of the few-shot literature."""
+"""Conv-4: the four-block convolutional backbone of MAML and Prototypical Networks.
+
+The network matches learn2learn 0.2.0 (``learn2learn/vision/models/cnn4.py``,
+read from the ``learn2learn-0.2.0`` sdist on PyPI), so that a benchmark against
+it compares the same function:
+
+* ``ConvBlock``: ``Conv2d(3x3, padding=1, bias=True)`` -> ``BatchNorm2d`` ->
+  ``ReLU`` -> optional ``MaxPool2d``. With ``max_pool=False`` the convolution
+  has stride 2; with ``max_pool=True`` it has stride 1 and is followed by
+  ``MaxPool2d(kernel_size=2, stride=2, ceil_mode=False)`` (odd sizes are
+  floored: 7 -> 3).
+* ``BatchNorm2d(affine=True)`` with PyTorch's defaults (``eps=1e-5``); the
+  networks are run in training mode, so every call normalises with the
+  statistics of its own batch (biased variance). Its weight is initialised
+  ``uniform(0, 1)``, its bias 0. The conv weights are ``xavier_uniform`` (gain
+  1), the conv biases 0.
+* ``OmniglotCNN`` (MAML's Omniglot net, Finn et al. 2017): ``ConvBase(hidden=64,
+  channels=1, max_pool=False, layers=4)``, then the mean over the spatial axes,
+  then ``Linear(hidden, output_size)`` initialised ``normal(0, 1)``, bias 0.
+  For 28x28x1 inputs the feature maps are 14, 7, 4, 2 pixels wide and the
+  embedding has ``hidden = 64`` features.
+* ``CNN4`` / ``MiniImagenetCNN`` (``CNN4Backbone``): the same blocks with
+  ``max_pool=True``, then a flatten (``x.reshape(n, -1)``, 25 * hidden features
+  for 84x84 inputs) and a ``Linear`` initialised ``xavier_uniform``, bias 0.
+  For 28x28x1 inputs the feature maps are 28->14, 14->7, 7->3, 3->1 pixels wide
+  and the embedding has ``hidden = 64`` features.
+
+Note that PyTorch's ``padding=1`` pads one pixel on each side, which for a
+stride-2 convolution of an even-sized input is not TensorFlow's ``SAME``
+(MAML's original code): ``SAME`` pads only the end. This module follows
+learn2learn.
+
+The convolutions are written for second-order MAML on XLA:CPU, where a meta-
+learner vmaps ``apply_fn(params, x)`` over tasks whose parameters differ. XLA
+lowers a vmapped ``lax.conv_general_dilated`` with per-task kernels to a
+grouped convolution, and its kernel gradient to a ``batch_group_count``
+convolution, both an order of magnitude slower than the same work as matrix
+products. With ``conv_impl="patches"`` (the default) every convolution is a
+matrix product of image patches with the kernel, so under ``vmap`` it becomes
+a batched GEMM:
+
+* stride 2, or fewer than 8 input channels: the nine shifted (strided) views
+  are stacked into ``[n, ho, wo, 9 * c]`` patches (two nested 3-way stacks on
+  non-minor axes, which XLA fuses into one loop) and multiplied by the kernel
+  as ``[9 * c, o]``;
+* stride 1 with at least 8 input channels: only the three horizontal shifts
+  are stacked (``[n, h + 2, w, 3 * c]``, a third of the memory), multiplied by
+  the kernel as ``[3 * c, 3 * o]``, and the three row-shifted slices of the
+  product are summed.
+
+Batch statistics are computed in one pass (``E[x^2] - E[x]^2``), and under
+batch normalisation the conv bias, which the mean subtraction cancels, is not
+added (it stays a parameter, with zero gradient, so the parameter tree mirrors
+learn2learn's). Max-pooling is a reshape and a max with a derivative that
+routes tangents through a mask of the window maxima (no ``select_and_scatter``,
+which is slow on CPU, and no tie counts). ``conv_impl="xla"`` uses
+``lax.conv_general_dilated`` instead, the better choice on GPU or without
+per-task parameters.
+
+References:
+  Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of
+  Deep Networks. ICML 2017.
+  Vinyals et al. Matching Networks for One Shot Learning. NeurIPS 2016.
+  Arnold et al. learn2learn: A Library for Meta-Learning Research. 2020.
+"""
+
+import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 VARIANTS = ("strided", "maxpool")
 NORMS = ("batch", "layer", "group", "none")
+CONV_IMPLS = ("patches", "xla")
+
+_PAD = ((1, 1), (1, 1))
+# Stride-1 convolutions with at least this many input channels use horizontal
+# patches and a [3c, 3o] kernel; thinner inputs (the first layer) use full patches.
+_MIN_CHANNELS_FOR_ROWS = 8
 
 
-class BatchStatNorm(nn.Module):
-  """Normalises with the statistics of the current batch (over ``[n, H, W]``); learned scale and bias.
+def _full_patches(x: jax.Array, stride: int) -> jax.Array:
+  """``[n, h, w, c]`` -> ``[n, ho, wo, 9 * c]`` patches of a 3x3, padding-1 conv.
 
-  This is batch normalisation as MAML uses it: no running averages, so it is
-  a pure function of the batch and safe inside inner loops.
+  The last axis is ordered ``(dy, dx, c)``, matching a ``[3, 3, c, o]`` kernel
+  reshaped to ``[9 * c, o]``.
   """
+  n, h, w, c = x.shape
+  ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+  xp = jnp.pad(x, ((0, 0), *_PAD, (0, 0)))
+  rows = []
+  for dy in range(3):
+    cols = [
+        lax.slice(xp, (0, dy, dx, 0),
+                  (n, dy + stride * (ho - 1) + 1, dx + stride * (wo - 1) + 1, c),
+                  (1, stride, stride, 1))
+        for dx in range(3)
+    ]
+    # XLA:CPU fuses a concatenate only if it has at most 8 operands and is not
+    # along a long minor axis: stack 3 at a time on non-minor axes.
+    rows.append(jnp.stack(cols, axis=-2))  # [n, ho, wo, 3, c]
+  return jnp.stack(rows, axis=-3).reshape(n, ho, wo, 9 * c)
 
-  epsilon: float = 1e-5
+
+def _conv_patches(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """3x3 convolution, padding 1, as matrix products of patches with the kernel."""
+  n, h, w, c = x.shape
+  o = kernel.shape[-1]
+  if stride == 1 and c >= _MIN_CHANNELS_FOR_ROWS:
+    xp = jnp.pad(x, ((0, 0), *_PAD, (0, 0)))
+    patches = jnp.stack([xp[:, :, dx:dx + w] for dx in range(3)], axis=-2)
+    patches = patches.reshape(n * (h + 2) * w, 3 * c)  # (dx, c)
+    kernel = jnp.transpose(kernel, (1, 2, 0, 3)).reshape(3 * c, 3 * o)  # (dx, c) x (dy, o)
+    z = jnp.dot(patches, kernel).reshape(n, h + 2, w, 3, o)
+    return z[:, 0:h, :, 0] + z[:, 1:h + 1, :, 1] + z[:, 2:h + 2, :, 2]
+  patches = _full_patches(x, stride)
+  _, ho, wo, _ = patches.shape
+  y = jnp.dot(patches.reshape(n * ho * wo, 9 * c), kernel.reshape(9 * c, o))
+  return y.reshape(n, ho, wo, o)
+
+
+def _conv_xla(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  return lax.conv_general_dilated(
+      x, kernel, (stride, stride), _PAD, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _pool_windows(x: jax.Array) -> jax.Array:
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_jvp
+def max_pool(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling with stride 2; odd sizes are floored, as in PyTorch.
+
+  The derivative sends a window's tangent through the entries equal to its
+  maximum (all of them on a tie), which for distinct values is the gradient of
+  ``nn.max_pool``; it costs one compare and one select, no
+  ``select_and_scatter``.
+
+  Args:
+    x: ``[n, h, w, c]``.
+
+  Returns:
+    ``[n, h // 2, w // 2, c]``.
+  """
+  return _pool_windows(x).max(axis=(2, 4))
+
+
+@max_pool.defjvp
+def _max_pool_jvp(primals, tangents):
+  x, = primals
+  t, = tangents
+  windows = _pool_windows(x)
+  y = windows.max(axis=(2, 4))
+  mask = windows == y[:, :, None, :, None]
+  return y, jnp.where(mask, _pool_windows(t), 0).sum(axis=(2, 4))
+
+
+def _standardize(x: jax.Array, axes: tuple[int, ...], epsilon: float) -> jax.Array:
+  """``(x - mean) / sqrt(var + epsilon)`` over ``axes``, statistics in one pass."""
+  mean = x.mean(axis=axes, keepdims=True)
+  var = jnp.maximum(jnp.square(x).mean(axis=axes, keepdims=True) - jnp.square(mean), 0)
+  return (x - mean) * lax.rsqrt(var + epsilon)
+
+
+class _Conv3x3(nn.Module):
+  """3x3 convolution with padding 1; params ``kernel [3, 3, c, o]``, ``bias [o]``."""
+
+  features: int
+  stride: int
+  conv_impl: str
+  add_bias: bool
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
-    bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],))
-    mean = jnp.mean(x, axis=(0, 1, 2))
-    variance = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
-    return (x - mean) * jax.lax.rsqrt(variance + self.epsilon) * scale + bias
+    kernel = self.param("kernel", nn.initializers.xavier_uniform(),
+                        (3, 3, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    conv = _conv_patches if self.conv_impl == "patches" else _conv_xla
+    y = conv(x, kernel, self.stride)
+    return y + bias if self.add_bias else y
+
+
+class _Norm(nn.Module):
+  """Batch, layer or group normalisation with per-channel ``scale`` and ``bias``."""
+
+  kind: str
+  num_groups: int
+  epsilon: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    if self.kind == "batch":  # learn2learn: BatchNorm2d weight ~ uniform(0, 1)
+      scale_init = nn.initializers.uniform(scale=1.0)
+      x = _standardize(x, (0, 1, 2), self.epsilon)
+    elif self.kind == "layer":
+      scale_init = nn.initializers.ones_init()
+      x = _standardize(x, (1, 2, 3), self.epsilon)
+    else:
+      scale_init = nn.initializers.ones_init()
+      n, h, w, _ = x.shape
+      groups = x.reshape(n, h, w, self.num_groups, c // self.num_groups)
+      x = _standardize(groups, (1, 2, 4), self.epsilon).reshape(x.shape)
+    scale = self.param("scale", scale_init, (c,))
+    bias = self.param("bias", nn.initializers.zeros_init(), (c,))
+    return x * scale + bias
 
 
 class Conv4(nn.Module):
-  """Four blocks of 3x3 convolution, normalisation and ReLU, then an optional linear head.
+  """Four conv blocks (conv 3x3 -> norm -> ReLU [-> max-pool]) and a linear head.
+
+  ``Conv4(num_outputs=5)`` is MAML's Omniglot network (learn2learn's
+  ``OmniglotCNN``); ``Conv4(num_outputs=5, hidden=32, variant="maxpool")`` is
+  its MiniImagenet network (learn2learn's ``CNN4``); ``Conv4(None,
+  variant="maxpool")`` is the Prototypical Networks embedding. See the module
+  docstring for the exact definitions.
 
   Attributes:
-    num_outputs: ``None`` returns the flattened embedding ``[n, d]`` (for
-      metric learners); an int adds a ``Dense`` named ``"head"`` giving logits
-      ``[n, num_outputs]``.
-    hidden: channels of every convolution.
-    variant: ``"strided"``: 3x3 convolutions with stride 2 and padding 1, then
-      the mean over the spatial positions (the MAML paper's Omniglot network,
-      whose code takes ``reduce_mean(hidden4, [1, 2])``; learn2learn's
-      ``OmniglotCNN``): on 28x28 inputs the maps are 14, 7, 4, 2 and ``d =
-      hidden``. ``"maxpool"``: stride-1 convolutions with padding 1, each
-      followed by a 2x2 max-pool, then flattened (ProtoNets; learn2learn's
-      ``CNN4(max_pool=True, embedding_size=hidden)``): on 28x28 the maps are
-      14, 7, 3, 1 and ``d = hidden``. With ``hidden=64`` and 5 outputs both
-      have 112,261 parameters, as learn2learn's.
-    norm: ``"batch"`` (batch statistics, no running averages), ``"layer"``,
-      ``"group"`` (32 groups or fewer) or ``"none"``.
+    num_outputs: width of the final ``Dense`` layer named ``"head"`` (logits,
+      ``num_ways`` for classification); ``None`` returns the embedding.
+    hidden: channels of every conv layer.
+    variant: ``"strided"``: stride-2 convolutions, embedding = mean over the
+      spatial axes; ``"maxpool"``: stride-1 convolutions each followed by a 2x2
+      max-pool, embedding = the flattened ``[h, w, hidden]`` feature map.
+    norm: ``"batch"``: normalise each channel with the mean and variance of
+      the current batch (no running averages, as MAML does); ``"layer"``: each
+      example over all its features; ``"group"``: each example over groups of
+      ``hidden // num_groups`` channels; ``"none"``. All but ``"none"`` learn a
+      per-channel scale and bias.
+    num_groups: groups for ``norm="group"``; must divide ``hidden``. ``None``:
+      ``gcd(32, hidden)`` (32 groups, as in Wu and He 2018, when ``hidden`` is a
+      multiple of 32).
+    epsilon: added to the variance.
+    conv_impl: ``"patches"``: matrix products of image patches, fast on CPU
+      when the parameters differ per task (see the module docstring);
+      ``"xla"``: ``lax.conv_general_dilated``.
 
-  Inputs are ``[n, H, W, C]`` float32.
+  Params: ``conv_0 .. conv_3`` (``kernel [3, 3, c_in, hidden]``, ``bias
+  [hidden]``), ``norm_0 .. norm_3`` (``scale [hidden]``, ``bias [hidden]``;
+  absent for ``norm="none"``) and ``head`` (``kernel [d, num_outputs]``,
+  ``bias [num_outputs]``).
+
+  Inputs are ``[n, h, w, c]`` float images; outputs are ``[n, num_outputs]``
+  logits, or ``[n, d]`` embeddings when ``num_outputs`` is ``None`` (``d =
+  hidden`` for ``"strided"``; ``d = hidden * h' * w'`` for ``"maxpool"``,
+  where ``h' = w' = 1`` for 28x28 and 5 for 84x84 inputs).
+
+  Example:
+    >>> model = Conv4(num_outputs=5)
+    >>> params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    >>> model.apply(params, jnp.zeros((10, 28, 28, 1))).shape
+    (10, 5)
+
+  Raises:
+    ValueError: for an unknown ``variant``, ``norm`` or ``conv_impl``, a
+      ``num_groups`` that does not divide ``hidden``, inputs that are not
+      ``[n, h, w, c]``, or images too small for four max-pools.
   """
 
   num_outputs: int | None = None
   hidden: int = 64
   variant: str = "strided"
   norm: str = "batch"
+  num_groups: int | None = None
+  epsilon: float = 1e-5
+  conv_impl: str = "patches"
+
+  def __post_init__(self) -> None:
+    for name, allowed in (("variant", VARIANTS), ("norm", NORMS), ("conv_impl", CONV_IMPLS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(
+            f"Conv4 {name} must be one of {allowed}, got {getattr(self, name)!r}.")
+    if self.num_groups is not None and (self.num_groups < 1 or self.hidden % self.num_groups):
+      raise ValueError(
+          f"Conv4 num_groups must be a positive divisor of hidden={self.hidden}, "
+          f"got num_groups={self.num_groups}.")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    if self.variant not in VARIANTS:
-      raise ValueError(f"Conv4.variant must be one of {VARIANTS}, got {self.variant!r}.")
-    if self.norm not in NORMS:
-      raise ValueError(f"Conv4.norm must be one of {NORMS}, got {self.norm!r}.")
     if inputs.ndim != 4:
-      raise ValueError(f"Conv4 expects inputs [n, H, W, C], got shape {tuple(inputs.shape)}.")
-    x = inputs
+      raise ValueError(
+          f"Conv4 expects images of shape [n, h, w, c], got shape {tuple(inputs.shape)}.")
+    if self.variant == "maxpool" and min(inputs.shape[1:3]) < 16:
+      raise ValueError(
+          "Conv4 with variant='maxpool' needs images of at least 16x16 pixels (four "
+          f"2x2 max-pools), got shape {tuple(inputs.shape)}.")
     stride = 2 if self.variant == "strided" else 1
-    for _ in range(4):
-      x = nn.Conv(self.hidden, (3, 3), strides=stride, padding=1)(x)
-      if self.norm == "batch":
-        x = BatchStatNorm()(x)
-      elif self.norm == "layer":
-        x = nn.LayerNorm()(x)
-      elif self.norm == "group":
-        x = nn.GroupNorm(num_groups=min(32, self.hidden))(x)
+    x = inputs.astype(jnp.float32)
+    for i in range(4):
+      x = _Conv3x3(self.hidden, stride, self.conv_impl, add_bias=self.norm != "batch",
+                   name=f"conv_{i}")(x)
+      if self.norm != "none":
+        x = _Norm(self.norm, self.num_groups or math.gcd(32, self.hidden), self.epsilon,
+                  name=f"norm_{i}")(x)
       x = nn.relu(x)
       if self.variant == "maxpool":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x)
     if self.variant == "strided":
-      x = jnp.mean(x, axis=(1, 2))
-    x = x.reshape(x.shape[0], -1)
+      x = x.mean(axis=(1, 2))
+      head_init: Any = nn.initializers.normal(stddev=1.0)  # OmniglotCNN
+    else:
+      x = x.reshape(x.shape[0], -1)
+      head_init = nn.initializers.xavier_uniform()  # CNN4
     if self.num_outputs is None:
       return x
-    return nn.Dense(self.num_outputs, name="head")(x)
+    return nn.Dense(self.num_outputs, kernel_init=head_init, name="head")(x)

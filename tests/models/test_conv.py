@@ -1,0 +1,75 @@
+"""Conv-4: the fast patch convolutions against XLA's convolutions, per task and to second order."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import metalax
+from metalax.models.conv import max_pool
+
+
+def assert_close(a, b):
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max()), a, b)
+
+
+@pytest.mark.parametrize("variant", ["strided", "maxpool"])
+def test_patches_equal_xla_convolutions_per_task_and_to_second_order(variant):
+  x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  labels = jnp.arange(4) % 3
+  models = {impl: metalax.models.Conv4(num_outputs=3, hidden=8, variant=variant, conv_impl=impl)
+            for impl in ("patches", "xla")}
+  params = jax.vmap(lambda k: models["xla"].init(k, x)["params"])(jax.random.split(jax.random.key(1), 2))
+  outputs = {impl: jax.vmap(lambda p, m=m: m.apply({"params": p}, x))(params) for impl, m in models.items()}
+  assert_close(outputs["patches"], outputs["xla"])
+
+  def meta_grad(model):  # MAML: loss after one inner SGD step, differentiated through the step
+    loss = lambda p: jnp.mean(metalax.losses.cross_entropy(model.apply({"params": p}, x), labels))
+    outer = lambda p: loss(jax.tree.map(lambda a, g: a - 0.4 * g, p, jax.grad(loss)(p)))
+    return jax.vmap(jax.grad(outer))(params)
+
+  assert_close(meta_grad(models["patches"]), meta_grad(models["xla"]))
+
+
+@pytest.mark.parametrize("size", [6, 7])
+def test_max_pool_equals_nn_max_pool_values_and_gradients(size):
+  x = jax.random.normal(jax.random.key(2), (2, size, size, 3))
+  reference = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(max_pool(x), reference(x))
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(jnp.sin(pool(x))))(x)
+  np.testing.assert_allclose(grad(max_pool), grad(reference), atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["strided", "maxpool"])
+def test_conv4_shapes_and_parameter_count_match_learn2learn(variant):
+  x = jnp.zeros((4, 28, 28, 1))
+  classifier = metalax.models.Conv4(num_outputs=5, variant=variant)
+  params = classifier.init(jax.random.key(0), x)["params"]
+  assert sum(p.size for p in jax.tree.leaves(params)) == 112_261  # learn2learn OmniglotCNN / CNN4
+  assert classifier.apply({"params": params}, x).shape == (4, 5)
+  embedder = metalax.models.Conv4(num_outputs=None, variant=variant)
+  assert embedder.apply(embedder.init(jax.random.key(0), x), x).shape == (4, 64)
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "group", "none"])
+def test_conv4_norms_keep_no_running_statistics(norm):
+  model = metalax.models.Conv4(num_outputs=3, hidden=8, norm=norm)
+  x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+  variables = model.init(jax.random.key(1), x)
+  assert set(variables) == {"params"}
+  out = model.apply(variables, x)
+  assert out.shape == (4, 3) and np.isfinite(out).all()
+  if norm == "batch":  # statistics of the batch: another batch changes the outputs of this one
+    both = model.apply(variables, jnp.concatenate([x, 2 * x + 1]))
+    assert not np.allclose(both[:4], out)
+
+
+@pytest.mark.parametrize("kwargs, shape, match", [
+    (dict(variant="pooled"), (2, 28, 28, 1), "variant"),
+    (dict(norm="instance"), (2, 28, 28, 1), "norm"),
+    (dict(), (2, 28, 28), "shape"),
+])
+def test_conv4_bad_input_raises(kwargs, shape, match):
+  with pytest.raises(ValueError, match=match):
+    metalax.models.Conv4(num_outputs=5, **kwargs).init(jax.random.key(0), jnp.zeros(shape))
