@@ -138,7 +138,7 @@ def main(argv):
   for name, ours, peer in rows:
     ms, peer_ms = ours.get("ms_per_iteration"), peer.get("ms_per_iteration")
     ratio = f"{peer_ms / ms:.1f}x" if ms and peer_ms else "-"
-    fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"
+    fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else format("-", ">" + spec.split(".")[0])
     print(f"{name:<18}{fmt(ms, '14.2f')}{fmt(peer_ms, '19.2f')}{ratio:>10}"
           f"{fmt(ours.get('peak_rss_mb'), '16.0f')}{fmt(peer.get('peak_rss_mb'), '12.0f')}")
 
