@@ -58,7 +58,35 @@ def _check_inputs(inputs: jax.Array, name: str = "inputs") -> None:
     raise ValueError(f"{name} must have shape [n, d], got {tuple(inputs.shape)}.")
 
 
-class ConcatConditioning(nn.Module):
+class _DenseConditioning(nn.Module):
+  """The fields and the call shared by :class:`ConcatConditioning` and :class:`AdditiveConditioning`.
+
+  Both compute ``W_x x + W_z z + b``; they differ only in how ``W`` is stored:
+  one kernel on ``[x; z]`` (``split_kernel=False``) or two (``True``).
+  """
+
+  features: int
+  use_bias: bool = True
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
+  split_kernel = False  # a class constant, not a field
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, task_embeddings: jax.Array) -> jax.Array:
+    """Args: ``inputs [n, d_x]``, ``task_embeddings [n, d_z]`` or ``[d_z]``.
+
+    Returns: ``[n, features]``.
+    """
+    _check_inputs(inputs)
+    z = _broadcast_descriptors(task_embeddings, inputs.shape[0]).astype(inputs.dtype)
+    dense = lambda name, use_bias=self.use_bias: nn.Dense(
+        self.features, use_bias=use_bias, kernel_init=self.kernel_init, bias_init=self.bias_init, name=name)
+    if not self.split_kernel:
+      return dense("dense")(jnp.concatenate([inputs, z], -1))
+    return dense("inputs")(inputs) + dense("task", use_bias=False)(z)
+
+
+class ConcatConditioning(_DenseConditioning):
   """A dense layer on the concatenation ``[x; z]``: ``W [x; z] + b``.
 
   Attributes:
@@ -78,24 +106,8 @@ class ConcatConditioning(nn.Module):
     (4, 8)
   """
 
-  features: int
-  use_bias: bool = True
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  bias_init: Initializer = nn.initializers.zeros_init()
 
-  @nn.compact
-  def __call__(self, inputs: jax.Array, task_embeddings: jax.Array) -> jax.Array:
-    """Args: ``inputs [n, d_x]``, ``task_embeddings [n, d_z]`` or ``[d_z]``.
-
-    Returns: ``[n, features]``.
-    """
-    _check_inputs(inputs)
-    z = _broadcast_descriptors(task_embeddings, inputs.shape[0]).astype(inputs.dtype)
-    return nn.Dense(self.features, use_bias=self.use_bias, kernel_init=self.kernel_init,
-                    bias_init=self.bias_init, name="dense")(jnp.concatenate([inputs, z], -1))
-
-
-class AdditiveConditioning(nn.Module):
+class AdditiveConditioning(_DenseConditioning):
   """A dense layer plus a task-dependent bias: ``W_x x + W_z z + b``.
 
   The same function class as :class:`ConcatConditioning` (see the module
@@ -118,23 +130,7 @@ class AdditiveConditioning(nn.Module):
     (4, 8)
   """
 
-  features: int
-  use_bias: bool = True
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  bias_init: Initializer = nn.initializers.zeros_init()
-
-  @nn.compact
-  def __call__(self, inputs: jax.Array, task_embeddings: jax.Array) -> jax.Array:
-    """Args: ``inputs [n, d_x]``, ``task_embeddings [n, d_z]`` or ``[d_z]``.
-
-    Returns: ``[n, features]``.
-    """
-    _check_inputs(inputs)
-    z = _broadcast_descriptors(task_embeddings, inputs.shape[0]).astype(inputs.dtype)
-    h = nn.Dense(self.features, use_bias=self.use_bias, kernel_init=self.kernel_init,
-                 bias_init=self.bias_init, name="inputs")(inputs)
-    return h + nn.Dense(self.features, use_bias=False, kernel_init=self.kernel_init,
-                        name="task")(z)
+  split_kernel = True
 
 
 class FiLM(nn.Module):
