@@ -1,5 +1,6 @@
 """metalax: meta-learning and multi-task learning as pure JAX functions."""
 
+from metalax import augment
 from metalax import data
 from metalax import episodes
 from metalax import losses
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = (
     "Batch",
     "Episode",
+    "augment",
     "data",
     "episodes",
     "losses",
