@@ -85,9 +85,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def train(name: str, config: ml_collections.ConfigDict, workdir: str, apply_fn, params, key_train):
   """Meta-trains one learner, resuming from ``workdir/name/checkpoints``; returns its meta-parameters."""
-  learner = make_learner(name, config, apply_fn)
+  learner = common.with_precision(make_learner(name, config, apply_fn), config)
   optimizer = optax.adam(config.outer_lr)
-  train_step = meta.train_step(learner, optimizer)
+  mesh = common.make_mesh(config, config.meta_batch_size)
+  train_step = metalax.parallel.train_step(learner, optimizer, mesh)
 
   def step(state, key, data):
     del data  # sinusoid tasks are sampled from the key alone
@@ -99,8 +100,9 @@ def train(name: str, config: ml_collections.ConfigDict, workdir: str, apply_fn, 
   state = common.train_loop(
       step, {"meta_params": meta_params, "opt_state": optimizer.init(meta_params)}, data=None,
       key=key_train, num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
-      checkpoint_every=config.checkpoint_every, run_dir=os.path.join(workdir, name), desc=f"{name:>10}")
-  return state["meta_params"]
+      checkpoint_every=config.checkpoint_every, run_dir=os.path.join(workdir, name), desc=f"{name:>10}",
+      mesh=mesh, on_nan=common.run_settings(config)["on_nan"])
+  return metalax.parallel.local_copy(state["meta_params"])
 
 
 def evaluate(learner: meta.MetaLearner, meta_params, episodes, num_steps: int) -> tuple[np.ndarray, np.ndarray]:

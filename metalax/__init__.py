@@ -6,6 +6,7 @@ from metalax import episodes
 from metalax import losses
 from metalax import meta
 from metalax import mtl
+from metalax import parallel
 from metalax import models
 from metalax import types
 from metalax.episodes import sample_episode
@@ -25,6 +26,7 @@ __all__ = (
     "meta",
     "models",
     "mtl",
+    "parallel",
     "sample_episode",
     "sample_episodes",
     "types",
