@@ -3,12 +3,18 @@
 from metalax.models.adapters import from_function
 from metalax.models.adapters import from_linen
 from metalax.models.adapters import from_nnx
+from metalax.models.autoencoder import Autoencoder
+from metalax.models.autoencoder import Decoder
+from metalax.models.autoencoder import autoencoder_loss
 from metalax.models.conv import Conv4
 from metalax.models.mlp import MLP
 
 __all__ = (
+    "Autoencoder",
     "Conv4",
+    "Decoder",
     "MLP",
+    "autoencoder_loss",
     "from_function",
     "from_linen",
     "from_nnx",
