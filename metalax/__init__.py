@@ -6,6 +6,7 @@ from metalax import episodes
 from metalax import losses
 from metalax import meta
 from metalax import mtl
+from metalax import transfer
 from metalax import parallel
 from metalax import models
 from metalax import types
@@ -29,5 +30,6 @@ __all__ = (
     "parallel",
     "sample_episode",
     "sample_episodes",
+    "transfer",
     "types",
 )
