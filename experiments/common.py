@@ -162,7 +162,11 @@ def write_run_info(workdir: str, config: Any) -> None:
       earlier = json.load(open(path)).get("time", "").replace(" ", "_").replace(":", "")
     except (OSError, ValueError, AttributeError):
       earlier = ""
-    os.replace(path, os.path.join(workdir, f"run.{earlier or int(os.path.getmtime(path))}.json"))
+    earlier = earlier or str(int(os.path.getmtime(path)))
+    kept, n = os.path.join(workdir, f"run.{earlier}.json"), 1
+    while os.path.exists(kept):
+      kept, n = os.path.join(workdir, f"run.{earlier}-{n}.json"), n + 1
+    os.replace(path, kept)
   with open(path + ".tmp", "w") as f:
     json.dump(info, f, indent=2, default=str)
   os.replace(path + ".tmp", path)
@@ -184,7 +188,8 @@ def _git_state() -> dict[str, Any]:
 
 def append_jsonl(path: str, record: dict[str, Any]) -> None:
   """Appends one JSON record (numbers converted to floats) as a line of ``path``."""
-  record = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in record.items()}
+  record = {k: (v if isinstance(v, (int, str)) or not hasattr(v, "__float__") else float(v))
+            for k, v in record.items()}
   with open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
 
@@ -341,6 +346,8 @@ def checkpoint_mismatch(directory: str, abstract: Any) -> str | None:
     return None
   stored = _leaves_by_path(getattr(metadata, "item_metadata", metadata))
   wanted = _leaves_by_path(abstract)
+  if not stored:  # damaged, not another model
+    return None
   problems = []
   missing, extra = sorted(set(wanted) - set(stored)), sorted(set(stored) - set(wanted))
   if missing:
@@ -370,15 +377,15 @@ def restore_or_init(manager: ocp.CheckpointManager, init_state: Any) -> tuple[An
     return init_state, 0
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, init_state)
   advice = "use another --workdir, or move the checkpoints away to start afresh"
-  mismatch = checkpoint_mismatch(os.path.join(manager.directory, str(steps[0])), abstract)
-  if mismatch:
-    raise ValueError(f"the checkpoint at {manager.directory}/{steps[0]} was written by a different model or "
-                     f"configuration: {mismatch}; {advice}.")
   errors = []
   for step in steps:
     try:
       state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax and tensorstore raise many types for unreadable files
+      mismatch = checkpoint_mismatch(os.path.join(manager.directory, str(step)), abstract)
+      if mismatch:
+        raise ValueError(f"the checkpoint at {manager.directory}/{step} was written by a different model or "
+                         f"configuration: {mismatch}; {advice}.") from None
       first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
       logging.warning("Cannot restore the checkpoint at %s/%d (%s); trying an earlier one.",
                       manager.directory, step, first_line)
@@ -478,12 +485,14 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
       metrics = {k: float(v) for k, v in metrics.items()}
       num_bad, first_bad = int(num_bad), int(first_bad)
       if num_bad and (on_nan == "stop" or num_bad == length):
+        manager.wait_until_finished()  # the last good checkpoint may still be being written
         what = "the loss or the parameters became" if on_nan == "stop" else "every iteration was"
+        good = manager.latest_step()
+        kept = f"the last good checkpoint (iteration {good}) is kept in" if good else "no checkpoint was written to"
         raise FloatingPointError(
             f"{desc.strip()}: {what} not finite (NaN or Inf) at iteration {first_bad} "
-            f"(of {begin}-{end - 1}){' and skipped' if on_nan == 'skip' else ''}; training stopped and the last "
-            f"good checkpoint ({manager.latest_step() or 'none'}) is kept in {manager.directory}. Lower the "
-            "learning rate, or set --config.on_nan=skip to skip such iterations.")
+            f"(of {begin}-{end - 1}){' and skipped' if on_nan == 'skip' else ''}; training stopped and {kept} "
+            f"{manager.directory}. Lower the learning rate, or set --config.on_nan=skip to skip such iterations.")
       if num_bad:
         logging.warning("%s: skipped %d iteration(s) with a non-finite loss in %d-%d (first %d).", desc.strip(),
                         num_bad, begin, end - 1, first_bad)
@@ -501,8 +510,8 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
         for name, value in record.items():
           if name != "step":
             writer.add_scalar(name, value, end)
-    manager.wait_until_finished()
   finally:
+    manager.wait_until_finished()  # a save begun before an error or Ctrl-C is finished, not left half-written
     bar.close()
     if writer is not None:
       writer.close()
