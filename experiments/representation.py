@@ -1,0 +1,365 @@
+r"""Representation learning on Omniglot (or MNIST), evaluated by few-shot classification and a linear probe.
+
+Pretrains a Conv-4 encoder with one objective (``--config.method``): SimCLR's
+NT-Xent on two augmented views of *unlabelled* images, SupCon or the triplet
+loss (with all / batch-hard / semi-hard mining) on labelled batches, or an
+autoencoder (plain, denoising, sparse, linear decoder); ``random`` skips
+training. Then it freezes the encoder and evaluates it on classes never seen
+in training: N-way K-shot episodes classified by prototypes and by
+1-nearest-neighbour on L2-normalised embeddings, and a linear probe.
+Writes into ``--workdir``::
+
+  results.json           few-shot accuracies (mean, 95% interval), linear-probe accuracy, collapse metrics
+  encoder/<step>/        orbax checkpoint {"params": encoder params}: the same layout as the meta-parameters
+                         of experiments.fewshot's metric learners (Conv4(None, hidden, backbone, norm))
+  checkpoints/           the full training state (a rerun resumes from it)
+  metrics.jsonl, tb/     training loss and collapse diagnostics (embedding std, effective rank)
+  review.png, review.csv the linear probe's highest-loss training examples, for relabelling
+  reconstructions.png    autoencoders: evaluation images and their reconstructions
+  run.json               config, command line, package versions
+
+Usage:
+  python -m experiments.representation --workdir=/tmp/simclr \
+      --config=experiments/configs/representation.py:simclr
+  python -m experiments.representation --workdir=/tmp/triplet \
+      --config=experiments/configs/representation.py:triplet_semi_hard --config.num_iterations=500
+"""
+
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+import numpy as np
+import optax
+
+import metalax
+from experiments import common
+from metalax import augment
+from metalax import losses
+from metalax import meta
+from metalax import models
+from metalax import transfer
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+METHODS = ("simclr", "supcon", "triplet", "autoencoder", "random")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMBED_BATCH = 1024
+
+
+def load_data(config: ml_collections.ConfigDict) -> dict[str, metalax.data.ClassImages]:
+  """``{"train", "eval"}`` uint8 images ``[classes, per_class, 28, 28, 1]`` with disjoint classes (Omniglot)."""
+  data_dir = config.data_dir or os.path.join(REPO_ROOT, "..", "shared", "data", config.dataset)
+  if config.dataset == "omniglot":
+    characters = metalax.data.load_omniglot(data_dir, dtype=np.uint8, cache_dir=config.cache_dir or None)
+    splits = metalax.data.omniglot_splits(characters, "lake", angles=(0,))
+    return {"train": splits["train"], "eval": splits["test"]}
+  if config.dataset == "mnist":
+    return {"train": metalax.data.to_dense(metalax.data.mnist_class_images(data_dir, "train", dtype=np.uint8),
+                                           num_per_class=5421),
+            "eval": metalax.data.to_dense(metalax.data.mnist_class_images(data_dir, "test", dtype=np.uint8),
+                                          num_per_class=892)}
+  raise ValueError(f"unknown dataset {config.dataset!r}; expected omniglot or mnist.")
+
+
+def make_encoder(config: ml_collections.ConfigDict) -> models.Conv4:
+  """The Conv-4 embedding network (no head), as ``experiments.fewshot`` builds its metric-learner backbone."""
+  return models.Conv4(None, hidden=config.hidden, variant=config.backbone, norm=config.norm)
+
+
+def make_augmentation(config: ml_collections.ConfigDict) -> augment.Augmentation:
+  return augment.compose(
+      augment.random_resized_crop(scale=(config.crop_scale, 1.0), ratio=(0.8, 1.25)),
+      augment.random_rotation(config.rotation),
+      augment.random_apply(augment.cutout(config.cutout), 0.5),
+      augment.gaussian_noise(config.noise))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for settings that cannot run, before any data is read."""
+  if config.method not in METHODS:
+    raise ValueError(f"--config.method must be one of {METHODS}, got {config.method!r}.")
+  if config.mining not in losses.contrastive.MININGS:
+    raise ValueError(f"--config.mining must be one of {losses.contrastive.MININGS}, got {config.mining!r}.")
+  for field in ("batch_size", "steps_per_call", "checkpoint_every", "num_test_episodes", "hidden",
+                "classes_per_batch", "examples_per_class", "num_queries", "probe_steps", "review_k"):
+    value = config[field]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"--config.{field} must be an int >= 1, got {value!r}.")
+  if not isinstance(config.num_iterations, int) or config.num_iterations < 0:
+    raise ValueError(f"--config.num_iterations must be an int >= 0, got {config.num_iterations!r}.")
+  if config.examples_per_class < 2 and config.method in ("supcon", "triplet"):
+    raise ValueError("--config.examples_per_class must be >= 2: supcon and triplet need positives in a batch.")
+
+
+def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]):
+  """``(init_params(key), loss(params, key, images [C, K, H, W, C]) -> (scalar, metrics), encode)``."""
+  encoder = make_encoder(config)
+  encode = models.from_linen(encoder)
+  sample = jnp.zeros((2, *image_shape))
+  augmentation = make_augmentation(config)
+  as_float = metalax.data.to_float32
+
+  if config.method == "autoencoder":
+    autoencoder = models.Autoencoder(encoder, models.Decoder(image_shape, tuple(config.decoder_features)),
+                                     code_activation=config.code_activation)
+    objective = models.autoencoder_loss(
+        models.from_linen(autoencoder), noise_std=config.noise_std, l1_weight=config.l1_weight,
+        sparsity_weight=config.sparsity_weight, sparsity_target=config.sparsity_target)
+
+    def init(key):
+      return autoencoder.init(key, sample)["params"]
+
+    def loss(params, key, images):
+      batch_key, noise_key = jax.random.split(key)
+      batch = as_float(random_images(batch_key, images, config.batch_size))
+      value, metrics = objective(params, noise_key, batch)
+      codes = metrics.pop("codes")
+      metrics.pop("per_example")
+      return value, {**metrics, **losses.collapse_metrics(codes)}
+
+    return init, loss, encode, autoencoder
+
+  projector = models.MLP(features=(config.projector_hidden,), num_outputs=config.projection_dim)
+
+  def init(key):
+    encoder_key, projector_key = jax.random.split(key)
+    encoder_params = encoder.init(encoder_key, sample)["params"]
+    features = jax.eval_shape(lambda: encoder.apply({"params": encoder_params}, sample))
+    return {"encoder": encoder_params,
+            "projector": projector.init(projector_key, jnp.zeros(features.shape))["params"]}
+
+  def project(params, inputs):
+    features = encoder.apply({"params": params["encoder"]}, inputs)
+    return features, projector.apply({"params": params["projector"]}, features)
+
+  def loss(params, key, images):
+    batch_key, view_key = jax.random.split(key)
+    if config.method == "simclr":
+      batch = as_float(random_images(batch_key, images, config.batch_size))
+      views = jnp.concatenate([augment.apply_batch(augmentation, k, batch)
+                               for k in jax.random.split(view_key)])
+      features, projections = project(params, views)
+      per_example = losses.nt_xent(projections, temperature=config.temperature)
+    else:
+      batch, labels = labelled_batch(batch_key, images, config.classes_per_batch, config.examples_per_class)
+      views = augment.apply_batch(augmentation, view_key, as_float(batch))
+      features, projections = project(params, views)
+      if config.method == "supcon":
+        per_example = losses.supcon_loss(projections, labels, temperature=config.supcon_temperature)
+      else:
+        per_example = losses.triplet_loss(losses.l2_normalize(projections), labels, margin=config.margin,
+                                          mining=config.mining)
+    value = jnp.mean(per_example)
+    return value, {"loss": value, **losses.collapse_metrics(features)}
+
+  return init, loss, encode, None
+
+
+def random_images(key: jax.Array, images: jax.Array, n: int) -> jax.Array:
+  """``n`` images drawn uniformly (with replacement) from ``images [C, K, ...]``: ``[n, ...]``."""
+  flat = images.reshape((-1, *images.shape[2:]))
+  return flat[jax.random.randint(key, (n,), 0, flat.shape[0])]
+
+
+def labelled_batch(key: jax.Array, images: jax.Array, num_classes: int, per_class: int
+                   ) -> tuple[jax.Array, jax.Array]:
+  """``num_classes`` distinct classes x ``per_class`` distinct images: ``([P * K, ...], labels [P * K])``."""
+  episode = metalax.sample_episode(key, images, num_classes, per_class - 1, 1)
+  inputs = jnp.concatenate([episode.support.inputs, episode.query.inputs])
+  labels = jnp.concatenate([episode.support.labels, episode.query.labels])
+  return inputs, labels
+
+
+def embed_all(encode, params, images: np.ndarray, key: jax.Array) -> np.ndarray:
+  """Embeds ``images [C, K, ...]`` into ``[C, K, d]``, in shuffled batches (batch statistics see mixed classes)."""
+  flat = images.reshape((-1, *images.shape[2:]))
+  order = np.asarray(jax.random.permutation(key, flat.shape[0]))
+  run = jax.jit(lambda p, x: encode(p, metalax.data.to_float32(x)))
+  chunks = []
+  for begin in range(0, flat.shape[0], EMBED_BATCH):
+    chunks.append(np.asarray(run(params, jnp.asarray(flat[order[begin:begin + EMBED_BATCH]]))))
+  outputs = np.empty((flat.shape[0], chunks[0].shape[1]), np.float32)
+  outputs[order] = np.concatenate(chunks)
+  return outputs.reshape((*images.shape[:2], -1))
+
+
+def few_shot_accuracy(embeddings: np.ndarray, key: jax.Array, num_ways: int, num_shots: int, num_queries: int,
+                      num_episodes: int) -> dict[str, tuple[float, float]]:
+  """Prototype and 1-NN accuracy (mean, 95% interval) on ``num_episodes`` episodes of L2-normalised embeddings."""
+  unit = losses.l2_normalize(jnp.asarray(embeddings))
+  identity = lambda params, x: x
+  results = {}
+  for name, learner in (("prototype", meta.protonet(identity, num_ways=num_ways)),
+                        ("nearest_neighbour", meta.nearest_neighbour(identity, num_ways=num_ways, k=1))):
+    evaluate = jax.jit(lambda episodes, learner=learner: meta.evaluate(learner)({"params": {}}, episodes))
+    accuracies = []
+    for batch_key in jax.random.split(key, -(-num_episodes // 100)):
+      episodes = metalax.sample_episodes(batch_key, unit, 100, num_ways, num_shots, num_queries)
+      accuracies.append(np.asarray(evaluate(episodes)["accuracy"]))
+    mean, interval = common.mean_and_interval(np.concatenate(accuracies)[:num_episodes])
+    results[name] = (float(mean), float(interval))
+  return results
+
+
+def linear_probe(embeddings: np.ndarray, config: ml_collections.ConfigDict, labels: np.ndarray | None = None
+                 ) -> dict[str, Any]:
+  """Logistic regression on the first half of each class's embeddings, tested on the second half.
+
+  Features are standardised with the training half's statistics; full-batch
+  AdamW for ``probe_steps`` steps. ``labels`` (``[C * half]``, default the
+  class index) can carry reviewed corrections.
+
+  Returns:
+    ``{"accuracy", "train_losses" [C * half], "train_predictions", "train_labels"}``.
+  """
+  num_classes, per_class, _ = embeddings.shape
+  half = per_class // 2
+  train = embeddings[:, :half].reshape(num_classes * half, -1)
+  test = embeddings[:, half:].reshape(num_classes * (per_class - half), -1)
+  default_labels = np.repeat(np.arange(num_classes), half)
+  train_labels = default_labels if labels is None else np.asarray(labels)
+  test_labels = np.repeat(np.arange(num_classes), per_class - half)
+  mean, std = train.mean(0), train.std(0) + 1e-6
+  train, test = (train - mean) / std, (test - mean) / std
+  optimizer = optax.adamw(config.probe_lr, weight_decay=config.probe_weight_decay)
+  params = {"w": jnp.zeros((train.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+  logits_fn = lambda p, x: x @ p["w"] + p["b"]
+  objective = lambda p: jnp.mean(losses.cross_entropy(logits_fn(p, train), train_labels))
+
+  @jax.jit
+  def fit(params):
+    def step(state, _):
+      params, opt_state = state
+      grads = jax.grad(objective)(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
+    return jax.lax.scan(step, (params, optimizer.init(params)), None, length=config.probe_steps)[0][0]
+
+  params = fit(params)
+  train_logits = logits_fn(params, train)
+  accuracy = float(jnp.mean(losses.accuracy(logits_fn(params, test), test_labels)))
+  return {"accuracy": accuracy,
+          "train_losses": np.asarray(losses.cross_entropy(train_logits, train_labels)),
+          "train_predictions": np.asarray(jnp.argmax(train_logits, -1)), "train_labels": train_labels}
+
+
+def evaluate_encoder(encode, encoder_params, eval_images: np.ndarray, config: ml_collections.ConfigDict,
+                     key: jax.Array, workdir: str | None = None) -> dict[str, Any]:
+  """Few-shot, linear-probe and collapse metrics of a frozen encoder; writes the hard-example review."""
+  embed_key, episode_key = jax.random.split(key)
+  embeddings = embed_all(encode, encoder_params, eval_images, embed_key)
+  results: dict[str, Any] = {"embedding_dim": int(embeddings.shape[-1])}
+  flat = jnp.asarray(embeddings.reshape(-1, embeddings.shape[-1]))
+  results.update({k: float(v) for k, v in losses.collapse_metrics(flat).items()})
+  for index, (ways, shots) in enumerate(config.episodes):
+    accuracy = few_shot_accuracy(embeddings, jax.random.fold_in(episode_key, index), ways, shots,
+                                 config.num_queries, config.num_test_episodes)
+    for rule, (mean, interval) in accuracy.items():
+      results[f"{ways}way_{shots}shot_{rule}"] = mean
+      results[f"{ways}way_{shots}shot_{rule}_interval"] = interval
+  num_classes, per_class = eval_images.shape[:2]
+  labels = None
+  if config.corrections:
+    corrections = transfer.read_corrections(config.corrections)
+    labels = transfer.apply_corrections(np.repeat(np.arange(num_classes), per_class // 2), corrections,
+                                        num_classes=num_classes)
+    results["num_corrections"] = len(corrections)
+  probe = linear_probe(embeddings, config, labels)
+  results["linear_probe_accuracy"] = probe["accuracy"]
+  if workdir is not None:
+    half_images = np.asarray(eval_images[:, :per_class // 2]).reshape((-1, *eval_images.shape[2:]))
+    transfer.write_review(workdir, half_images, probe["train_labels"], probe["train_losses"], config.review_k,
+                          predictions=probe["train_predictions"])
+  return results
+
+
+def write_reconstructions(autoencoder, params, images: np.ndarray, path: str, title: str) -> None:
+  """Top row: images; bottom row: ``sigmoid`` of the reconstructions."""
+  inputs = metalax.data.to_float32(jnp.asarray(images))
+  logits, _ = autoencoder.apply({"params": params}, inputs)
+  recon = np.asarray(jax.nn.sigmoid(logits))
+  grid = transfer.image_grid(np.concatenate([np.asarray(inputs), recon]), num_columns=images.shape[0])
+  fig, ax = plt.subplots(figsize=(0.45 * images.shape[0] + 0.5, 1.3))
+  ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1)
+  ax.axis("off")
+  ax.set_title(title, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def load_encoder(workdir: str, config: ml_collections.ConfigDict, image_shape=(28, 28, 1)) -> Any:
+  """The encoder params saved in ``workdir/encoder/`` (as ``{"params": ...}``), shaped by ``config``'s encoder."""
+  encoder = make_encoder(config)
+  abstract = jax.eval_shape(lambda: {"params": encoder.init(jax.random.key(0), jnp.zeros((2, *image_shape)))["params"]})
+  manager = common.checkpoint_manager(os.path.join(workdir, "encoder"), max_to_keep=1)
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"no encoder checkpoint in {workdir}/encoder.")
+  restored = manager.restore(step, args=common.ocp.args.StandardRestore(abstract))
+  return restored["params"]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Pretrains (unless ``method == "random"``), evaluates the frozen encoder and writes the results."""
+  check_config(config)
+  workdir = common.prepare_workdir(workdir)
+  common.write_run_info(workdir, config)
+  data = load_data(config)
+  if config.num_eval_classes:
+    data["eval"] = metalax.data.select_classes(data["eval"], range(min(config.num_eval_classes,
+                                                                       data["eval"].num_classes)))
+  train_images = jax.device_put(data["train"].images)
+  image_shape = data["train"].image_shape
+  init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
+  init, loss, encode, autoencoder = build(config, image_shape)
+  params = init(init_key)
+  optimizer = optax.adam(config.lr)
+
+  def step(state, key, images):
+    (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state["params"], key, images)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, metrics
+
+  state = {"params": params, "opt_state": optimizer.init(params)}
+  begin = time.perf_counter()
+  if config.num_iterations > 0:
+    state = common.train_loop(step, state, data=train_images, key=train_key, num_iterations=config.num_iterations,
+                              steps_per_call=config.steps_per_call, checkpoint_every=config.checkpoint_every,
+                              run_dir=workdir, desc=config.preset)
+  train_seconds = time.perf_counter() - begin
+  encoder_params = state["params"]["encoder"]
+  encoder_manager = common.checkpoint_manager(os.path.join(workdir, "encoder"), max_to_keep=1)
+  encoder_manager.save(config.num_iterations, args=common.ocp.args.StandardSave({"params": encoder_params}),
+                       force=True)
+  encoder_manager.wait_until_finished()
+
+  begin = time.perf_counter()
+  results = evaluate_encoder(encode, encoder_params, data["eval"].images, config, eval_key, workdir)
+  results.update(method=config.method, preset=config.preset, dataset=config.dataset,
+                 num_iterations=config.num_iterations, train_seconds=round(train_seconds, 1),
+                 eval_seconds=round(time.perf_counter() - begin, 1))
+  if autoencoder is not None:
+    picks = np.asarray(data["eval"].images[:12, 0])
+    write_reconstructions(autoencoder, state["params"], picks, os.path.join(workdir, "reconstructions.png"),
+                          f"{config.preset}: evaluation characters (top) and reconstructions (bottom)")
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  summary = ", ".join(f"{k} {100 * v:.1f}%" for k, v in results.items()
+                      if k.endswith(("prototype", "nearest_neighbour")) or k == "linear_probe_accuracy")
+  logging.info("%s: %s", config.preset, summary)
+  print(f"{config.preset} on {config.dataset}: {summary}; effective rank {results['effective_rank']:.1f}; "
+        f"training {train_seconds:.0f} s")
+  return results
+
+
+if __name__ == "__main__":
+  common.run_experiment(train_and_evaluate, os.path.join(os.path.dirname(__file__), "configs", "representation.py"))

@@ -1,0 +1,236 @@
+r"""Surgical fine-tuning (Lee et al. 2023) on MNIST: which block to tune depends on the kind of shift.
+
+1. Pretrains a Conv-4 classifier on the MNIST training set (labels optionally
+   corrected by a reviewed CSV, ``--config.corrections``) and writes the
+   hard-example review of its training set (``review.png``, ``review.csv``:
+   the ``review_k`` highest-loss training images, ready for relabelling).
+2. For each shift (``inverted``: ``1 - x``, an input-level shift; ``noisy``:
+   Gaussian pixel noise, input-level; ``permuted``: a fixed permutation of the
+   ten labels, an output-level shift) draws ``target_shots`` labelled shifted
+   training images per class, fine-tunes the pretrained network on them with
+   only one selection of parameters trainable (``none``, ``all``, ``block1``
+   .. ``block4``, ``head``: :data:`metalax.transfer.CONV4_BLOCKS`, through
+   ``metalax.transfer.finetune_optimizer``), and tests it on the whole
+   shifted test set; ``num_seeds`` draws of the target examples.
+
+Writes ``results.json`` (the table: accuracy mean and std over seeds per shift
+and selection), ``surgical.md`` (the same as a markdown table),
+``surgical.png``, the pretraining checkpoints and metrics, and the review.
+
+Usage:
+  python -m experiments.surgical --workdir=/tmp/surgical \
+      --config=experiments/configs/representation.py:surgical
+"""
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+import numpy as np
+import optax
+
+import metalax
+from experiments import common
+from metalax import losses
+from metalax import models
+from metalax import transfer
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+SHIFTS = ("inverted", "noisy", "permuted")
+SELECTIONS = ("none", "all") + tuple(transfer.CONV4_BLOCKS)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVAL_BATCH = 2000
+
+
+def shift_data(shift: str, images: np.ndarray, labels: np.ndarray, key: jax.Array, noise_level: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """Applies a shift to float images ``[n, 28, 28, 1]`` in [0, 1] and int labels ``[n]``."""
+  if shift == "inverted":
+    return 1.0 - images, labels
+  if shift == "noisy":
+    noise = np.asarray(jax.random.normal(key, images.shape))
+    return np.clip(images + noise_level * noise, 0.0, 1.0).astype(np.float32), labels
+  if shift == "permuted":
+    permutation = np.roll(np.arange(10), 3)   # a fixed derangement: label y becomes (y - 3) mod 10
+    return images, permutation[labels]
+  raise ValueError(f"unknown shift {shift!r}; expected one of {SHIFTS}.")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  for shift in config.shifts:
+    if shift not in SHIFTS:
+      raise ValueError(f"--config.shifts: unknown shift {shift!r}; expected some of {SHIFTS}.")
+  for selection in config.selections:
+    if selection not in SELECTIONS:
+      raise ValueError(f"--config.selections: unknown selection {selection!r}; expected some of {SELECTIONS}.")
+  for field in ("num_iterations", "batch_size", "steps_per_call", "finetune_steps", "num_seeds", "target_shots",
+                "hidden", "review_k"):
+    if isinstance(config[field], bool) or not isinstance(config[field], int) or config[field] < 1:
+      raise ValueError(f"--config.{field} must be an int >= 1, got {config[field]!r}.")
+
+
+def accuracy_on(apply_fn, params, images: np.ndarray, labels: np.ndarray) -> float:
+  """Accuracy over ``images`` in batches of :data:`EVAL_BATCH` (batch statistics per batch)."""
+  run = _predict(apply_fn)
+  correct = 0
+  for begin in range(0, images.shape[0], EVAL_BATCH):
+    predictions = run(params, jnp.asarray(images[begin:begin + EVAL_BATCH]))
+    correct += int(np.sum(np.asarray(predictions) == labels[begin:begin + EVAL_BATCH]))
+  return correct / images.shape[0]
+
+
+_PREDICT_CACHE: dict[Any, Any] = {}
+
+
+def _predict(apply_fn):
+  if apply_fn not in _PREDICT_CACHE:
+    _PREDICT_CACHE[apply_fn] = jax.jit(lambda p, x: jnp.argmax(apply_fn(p, x), -1))
+  return _PREDICT_CACHE[apply_fn]
+
+
+def per_example_losses(apply_fn, params, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  run = jax.jit(lambda p, x, y: (losses.cross_entropy(apply_fn(p, x), y), jnp.argmax(apply_fn(p, x), -1)))
+  values, predictions = [], []
+  for begin in range(0, images.shape[0], EVAL_BATCH):
+    v, p = run(params, jnp.asarray(metalax.data.to_float32(images[begin:begin + EVAL_BATCH])),
+               jnp.asarray(labels[begin:begin + EVAL_BATCH]))
+    values.append(np.asarray(v))
+    predictions.append(np.asarray(p))
+  return np.concatenate(values), np.concatenate(predictions)
+
+
+def make_finetune(apply_fn, params, selection: str, config: ml_collections.ConfigDict):
+  """``finetune(params, inputs, labels) -> params``: ``finetune_steps`` full-batch steps on the selection."""
+  trainable = None if selection == "none" else ("all" if selection == "all" else transfer.CONV4_BLOCKS[selection])
+  tx = transfer.finetune_optimizer(optax.adam(config.finetune_lr), params, trainable)
+  objective = lambda p, x, y: jnp.mean(losses.cross_entropy(apply_fn(p, x), y))
+
+  @jax.jit
+  def finetune(params, inputs, labels):
+    def step(state, _):
+      params, opt_state = state
+      updates, opt_state = tx.update(jax.grad(objective)(params, inputs, labels), opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
+    return jax.lax.scan(step, (params, tx.init(params)), None, length=config.finetune_steps)[0][0]
+
+  return finetune
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Pretrains on MNIST, reviews its hardest training examples, then fine-tunes per shift and selection."""
+  check_config(config)
+  workdir = common.prepare_workdir(workdir)
+  common.write_run_info(workdir, config)
+  data_dir = config.data_dir or os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
+  train_images, train_labels = metalax.data.load_mnist(data_dir, "train")
+  test_images, test_labels = metalax.data.load_mnist(data_dir, "test")
+  if config.num_train_examples:
+    train_images, train_labels = train_images[:config.num_train_examples], train_labels[:config.num_train_examples]
+  if config.num_test_examples:
+    test_images, test_labels = test_images[:config.num_test_examples], test_labels[:config.num_test_examples]
+  if config.corrections:
+    train_labels = transfer.apply_corrections(train_labels, transfer.read_corrections(config.corrections),
+                                              num_classes=10)
+  init_key, train_key, target_key = jax.random.split(jax.random.key(config.seed), 3)
+  model = models.Conv4(num_outputs=10, hidden=config.hidden, variant=config.backbone, norm=config.norm)
+  apply_fn = models.from_linen(model)
+  params = model.init(init_key, jnp.zeros((2, 28, 28, 1)))["params"]
+  optimizer = optax.adam(config.lr)
+
+  def step(state, key, data):
+    images, labels = data
+    index = jax.random.randint(key, (config.batch_size,), 0, images.shape[0])
+    inputs = metalax.data.to_float32(images[index])
+    value, grads = jax.value_and_grad(lambda p: jnp.mean(losses.cross_entropy(apply_fn(p, inputs),
+                                                                              labels[index])))(state["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, {"loss": value}
+
+  begin = time.perf_counter()
+  state = common.train_loop(step, {"params": params, "opt_state": optimizer.init(params)},
+                            data=(jax.device_put(train_images), jax.device_put(train_labels)), key=train_key,
+                            num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
+                            checkpoint_every=config.checkpoint_every, run_dir=workdir, desc="pretrain")
+  pretrain_seconds = time.perf_counter() - begin
+  params = state["params"]
+  train_losses, train_predictions = per_example_losses(apply_fn, params, train_images, train_labels)
+  transfer.write_review(workdir, train_images, train_labels, train_losses, config.review_k,
+                        predictions=train_predictions)
+  test_float = metalax.data.to_float32(test_images)
+  clean_accuracy = accuracy_on(apply_fn, params, test_float, test_labels)
+
+  begin = time.perf_counter()
+  finetunes = {selection: make_finetune(apply_fn, params, selection, config) for selection in config.selections}
+  by_class = [np.flatnonzero(train_labels == c) for c in range(10)]
+  table: dict[str, dict[str, dict[str, float]]] = {}
+  for shift_index, shift in enumerate(config.shifts):
+    shift_key = jax.random.fold_in(target_key, shift_index)
+    shifted_test, shifted_test_labels = shift_data(shift, test_float, test_labels, jax.random.fold_in(shift_key, 0),
+                                                   config.noise_level)
+    accuracies = {selection: [] for selection in config.selections}
+    for seed in range(config.num_seeds):
+      seed_key = jax.random.fold_in(shift_key, seed + 1)
+      rng = np.random.default_rng([config.seed, shift_index, seed])
+      chosen = np.concatenate([rng.choice(indices, config.target_shots, replace=False) for indices in by_class])
+      inputs, labels = shift_data(shift, metalax.data.to_float32(train_images[chosen]), train_labels[chosen],
+                                  seed_key, config.noise_level)
+      for selection in config.selections:
+        tuned = params if selection == "none" else finetunes[selection](params, jnp.asarray(inputs),
+                                                                          jnp.asarray(labels))
+        accuracies[selection].append(accuracy_on(apply_fn, tuned, shifted_test, shifted_test_labels))
+    table[shift] = {s: {"mean": float(np.mean(a)), "std": float(np.std(a)), "runs": a} for s, a in accuracies.items()}
+    print(f"{shift}: " + ", ".join(f"{s} {100 * v['mean']:.1f}" for s, v in table[shift].items()))
+  results = {"clean_test_accuracy": clean_accuracy, "table": table, "pretrain_seconds": round(pretrain_seconds, 1),
+             "finetune_seconds": round(time.perf_counter() - begin, 1),
+             "target_examples": f"{config.target_shots} per class (x10)", "finetune_steps": config.finetune_steps}
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  write_table(table, config, clean_accuracy, os.path.join(workdir, "surgical.md"))
+  plot_table(table, os.path.join(workdir, "surgical.png"))
+  print(f"clean test accuracy after pretraining {100 * clean_accuracy:.2f}%")
+  return results
+
+
+def write_table(table, config, clean_accuracy: float, path: str) -> None:
+  selections = list(config.selections)
+  lines = [f"Clean MNIST test accuracy after pretraining: {100 * clean_accuracy:.2f}%.", "",
+           "| shift | " + " | ".join(selections) + " |", "|---|" + "---|" * len(selections)]
+  for shift, row in table.items():
+    best = max((row[s]["mean"] for s in selections if s != "all"), default=0.0)
+    cells = []
+    for s in selections:
+      text = f"{100 * row[s]['mean']:.1f} ± {100 * row[s]['std']:.1f}"
+      cells.append(f"**{text}**" if s != "all" and row[s]["mean"] == best else text)
+    lines.append(f"| {shift} | " + " | ".join(cells) + " |")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def plot_table(table, path: str) -> None:
+  shifts = list(table)
+  selections = list(next(iter(table.values())))
+  fig, axes = plt.subplots(1, len(shifts), figsize=(3.4 * len(shifts), 3), squeeze=False)
+  for ax, shift in zip(axes[0], shifts):
+    means = [100 * table[shift][s]["mean"] for s in selections]
+    stds = [100 * table[shift][s]["std"] for s in selections]
+    ax.bar(range(len(selections)), means, yerr=stds, color=["0.6", "0.3"] + ["C0"] * (len(selections) - 2))
+    ax.set_xticks(range(len(selections)), selections, rotation=45, fontsize=8)
+    ax.set_title(shift)
+    ax.set_ylabel("shifted test accuracy (%)")
+    ax.set_ylim(0, 100)
+  fig.suptitle("MNIST: fine-tuning one block at a time on 10 labelled shifted images per class", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+if __name__ == "__main__":
+  common.run_experiment(train_and_evaluate,
+                        os.path.join(os.path.dirname(__file__), "configs", "representation.py") + ":surgical")
