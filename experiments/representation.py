@@ -361,5 +361,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
+def summarize(run_dirs: dict[str, str], path: str) -> str:
+  """A markdown table of several runs' ``results.json`` (rows in the given order), written to ``path``.
+
+  Args:
+    run_dirs: ``{row label: workdir}``.
+    path: the markdown file to write.
+
+  Returns:
+    The table.
+  """
+  rows = {label: json.load(open(os.path.join(d, "results.json"))) for label, d in run_dirs.items()}
+  first = next(iter(rows.values()))
+  cells = [key[:-len("_prototype")] for key in first if key.endswith("_prototype")]
+  header = ["encoder"] + [f"{c.replace('way_', '-way ').replace('shot', '-shot')} proto / 1-NN" for c in cells]
+  header += ["linear probe", "eff. rank", "train s"]
+  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+  for label, r in rows.items():
+    line = [label]
+    for c in cells:
+      line.append(f"{100 * r[c + '_prototype']:.1f} ± {100 * r[c + '_prototype_interval']:.1f} / "
+                  f"{100 * r[c + '_nearest_neighbour']:.1f}")
+    line += [f"{100 * r['linear_probe_accuracy']:.1f}", f"{r['effective_rank']:.1f}", f"{r['train_seconds']:.0f}"]
+    lines.append("| " + " | ".join(line) + " |")
+  table = "\n".join(lines) + "\n"
+  with open(path, "w") as f:
+    f.write(table)
+  return table
+
+
+def plot_training(run_dirs: dict[str, str], path: str) -> None:
+  """Training loss (each method's own scale) and the collapse diagnostics of several runs against iterations."""
+  fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+  for label, directory in run_dirs.items():
+    records = [json.loads(line) for line in open(os.path.join(directory, "metrics.jsonl"))]
+    steps = [r["step"] for r in records]
+    first = records[0]["loss"]
+    axes[0].plot(steps, [r["loss"] / first for r in records], label=label)
+    axes[1].plot(steps, [r["embedding_std"] for r in records], label=label)
+    axes[2].plot(steps, [r["effective_rank"] for r in records], label=label)
+  for ax, title in zip(axes, ("training loss / its first value", "embedding std x sqrt(d) (0 = collapse)",
+                              "effective rank of the batch's features")):
+    ax.set_xlabel("iteration")
+    ax.set_title(title, fontsize=9)
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def stack_images(paths: list[str], path: str) -> None:
+  """Stacks PNG files vertically into one PNG (e.g. the reconstruction grids of several autoencoders)."""
+  images = [plt.imread(p)[..., :3] for p in paths]
+  width = max(image.shape[1] for image in images)
+  padded = [np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=1.0) for image in images]
+  plt.imsave(path, np.concatenate(padded))
+
+
 if __name__ == "__main__":
   common.run_experiment(train_and_evaluate, os.path.join(os.path.dirname(__file__), "configs", "representation.py"))

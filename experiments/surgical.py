@@ -11,7 +11,9 @@ r"""Surgical fine-tuning (Lee et al. 2023) on MNIST: which block to tune depends
    only one selection of parameters trainable (``none``, ``all``, ``block1``
    .. ``block4``, ``head``: :data:`metalax.transfer.CONV4_BLOCKS`, through
    ``metalax.transfer.finetune_optimizer``), and tests it on the whole
-   shifted test set; ``num_seeds`` draws of the target examples.
+   shifted test set; ``num_seeds`` draws of the target examples. Each
+   selection's learning rate is chosen from ``finetune_lrs`` by accuracy on
+   ``validation_shots`` other shifted training images per class.
 
 Writes ``results.json`` (the table: accuracy mean and std over seeds per shift
 and selection), ``surgical.md`` (the same as a markdown table),
@@ -107,17 +109,23 @@ def per_example_losses(apply_fn, params, images: np.ndarray, labels: np.ndarray)
 
 
 def make_finetune(apply_fn, params, selection: str, config: ml_collections.ConfigDict):
-  """``finetune(params, inputs, labels) -> params``: ``finetune_steps`` full-batch steps on the selection."""
+  """``finetune(params, inputs, labels, lr) -> params``: ``finetune_steps`` full-batch Adam steps on the selection.
+
+  The optimizer is ``optax.adam(1)`` restricted by
+  :func:`metalax.transfer.finetune_optimizer`, its updates scaled by ``lr``
+  (exactly ``optax.adam(lr)``, with ``lr`` a traced argument so that one
+  compiled program serves every learning rate).
+  """
   trainable = None if selection == "none" else ("all" if selection == "all" else transfer.CONV4_BLOCKS[selection])
-  tx = transfer.finetune_optimizer(optax.adam(config.finetune_lr), params, trainable)
+  tx = transfer.finetune_optimizer(optax.adam(1.0), params, trainable)
   objective = lambda p, x, y: jnp.mean(losses.cross_entropy(apply_fn(p, x), y))
 
   @jax.jit
-  def finetune(params, inputs, labels):
+  def finetune(params, inputs, labels, lr):
     def step(state, _):
       params, opt_state = state
       updates, opt_state = tx.update(jax.grad(objective)(params, inputs, labels), opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), None
+      return (optax.apply_updates(params, jax.tree.map(lambda u: lr * u, updates)), opt_state), None
     return jax.lax.scan(step, (params, tx.init(params)), None, length=config.finetune_steps)[0][0]
 
   return finetune
@@ -169,23 +177,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   begin = time.perf_counter()
   finetunes = {selection: make_finetune(apply_fn, params, selection, config) for selection in config.selections}
   by_class = [np.flatnonzero(train_labels == c) for c in range(10)]
-  table: dict[str, dict[str, dict[str, float]]] = {}
+  table: dict[str, dict[str, dict[str, Any]]] = {}
   for shift_index, shift in enumerate(config.shifts):
     shift_key = jax.random.fold_in(target_key, shift_index)
     shifted_test, shifted_test_labels = shift_data(shift, test_float, test_labels, jax.random.fold_in(shift_key, 0),
                                                    config.noise_level)
     accuracies = {selection: [] for selection in config.selections}
+    chosen_lrs = {selection: [] for selection in config.selections}
     for seed in range(config.num_seeds):
       seed_key = jax.random.fold_in(shift_key, seed + 1)
       rng = np.random.default_rng([config.seed, shift_index, seed])
-      chosen = np.concatenate([rng.choice(indices, config.target_shots, replace=False) for indices in by_class])
-      inputs, labels = shift_data(shift, metalax.data.to_float32(train_images[chosen]), train_labels[chosen],
+      picks = [rng.choice(indices, config.target_shots + config.validation_shots, replace=False)
+               for indices in by_class]
+      target = np.concatenate([p[:config.target_shots] for p in picks])
+      validation = np.concatenate([p[config.target_shots:] for p in picks])
+      inputs, labels = shift_data(shift, metalax.data.to_float32(train_images[target]), train_labels[target],
                                   seed_key, config.noise_level)
+      valid_inputs, valid_labels = shift_data(shift, metalax.data.to_float32(train_images[validation]),
+                                              train_labels[validation], jax.random.fold_in(seed_key, 1),
+                                              config.noise_level)
       for selection in config.selections:
-        tuned = params if selection == "none" else finetunes[selection](params, jnp.asarray(inputs),
-                                                                          jnp.asarray(labels))
+        if selection == "none":
+          tuned, lr = params, 0.0
+        else:
+          # The learning rate with the best accuracy on held-out shifted training images (never the test set).
+          candidates = [(finetunes[selection](params, jnp.asarray(inputs), jnp.asarray(labels), lr), lr)
+                        for lr in config.finetune_lrs]
+          scores = [accuracy_on(apply_fn, p, valid_inputs, valid_labels) for p, _ in candidates]
+          tuned, lr = candidates[int(np.argmax(scores))]
         accuracies[selection].append(accuracy_on(apply_fn, tuned, shifted_test, shifted_test_labels))
-    table[shift] = {s: {"mean": float(np.mean(a)), "std": float(np.std(a)), "runs": a} for s, a in accuracies.items()}
+        chosen_lrs[selection].append(lr)
+    table[shift] = {s: {"mean": float(np.mean(a)), "std": float(np.std(a)), "runs": a, "lrs": chosen_lrs[s]}
+                    for s, a in accuracies.items()}
     print(f"{shift}: " + ", ".join(f"{s} {100 * v['mean']:.1f}" for s, v in table[shift].items()))
   results = {"clean_test_accuracy": clean_accuracy, "table": table, "pretrain_seconds": round(pretrain_seconds, 1),
              "finetune_seconds": round(time.perf_counter() - begin, 1),

@@ -8,9 +8,12 @@ import jax
 import numpy as np
 import pytest
 
+import metalax
 from experiments import representation
 from experiments import surgical
 from experiments.configs import representation as representation_config
+from metalax import meta
+from metalax import models
 
 OMNIGLOT = os.path.join(representation.REPO_ROOT, "..", "shared", "data", "omniglot")
 MNIST = os.path.join(representation.REPO_ROOT, "..", "shared", "data", "mnist")
@@ -36,6 +39,10 @@ def check_outputs(path, config, results):
   params = representation.load_encoder(str(path), config)
   embeddings = representation.make_encoder(config).apply({"params": params}, np.zeros((3, 28, 28, 1), np.float32))
   assert embeddings.shape == (3, 8)
+  learner = meta.protonet(models.from_linen(representation.make_encoder(config)), num_ways=2)
+  images = jax.random.uniform(jax.random.key(0), (3, 4, 28, 28, 1))
+  episodes = metalax.sample_episodes(jax.random.key(1), images, 2, 2, 1, 2)
+  assert meta.evaluate(learner)(learner.init(params), episodes)["accuracy"].shape == (2,)
 
 
 @pytest.mark.skipif(not os.path.isdir(OMNIGLOT), reason=f"no Omniglot archives in {OMNIGLOT}")
@@ -46,6 +53,9 @@ def test_triplet_on_omniglot_then_corrections_feed_back_into_the_probe(tmp_path)
   check_outputs(tmp_path / "first", config, results)
   record = json.loads(open(tmp_path / "first" / "metrics.jsonl").readline())
   assert {"loss", "embedding_std", "effective_rank"} <= set(record)
+  table = representation.summarize({"triplet": str(tmp_path / "first")}, str(tmp_path / "table.md"))
+  assert table.count("\n") == 3 and "| triplet |" in table
+  representation.plot_training({"triplet": str(tmp_path / "first")}, str(tmp_path / "training.png"))
   rows = list(csv.DictReader(open(tmp_path / "first" / "review.csv")))
   rows[0]["corrected_label"] = "0"
   reviewed = tmp_path / "reviewed.csv"
@@ -90,10 +100,12 @@ def test_surgical_runs_and_tables(tmp_path):
   config = representation_config.get_config("surgical")
   config.update(dict(hidden=8, num_iterations=6, steps_per_call=3, checkpoint_every=6, batch_size=32,
                      finetune_steps=3, num_seeds=2, target_shots=2, review_k=6, selections=("none", "block1", "head"),
-                     shifts=("inverted", "permuted"), num_train_examples=2000, num_test_examples=500))
+                     shifts=("inverted", "permuted"), num_train_examples=2000, num_test_examples=500,
+                     validation_shots=3, finetune_lrs=(1e-3, 1e-2)))
   results = surgical.train_and_evaluate(config, str(tmp_path))
   table = results["table"]
   assert set(table) == {"inverted", "permuted"} and set(table["inverted"]) == {"none", "block1", "head"}
   assert all(0 <= cell["mean"] <= 1 for row in table.values() for cell in row.values())
+  assert set(table["permuted"]["head"]["lrs"]) <= {1e-3, 1e-2} and table["permuted"]["none"]["lrs"] == [0.0, 0.0]
   for name in ("results.json", "surgical.md", "review.png", "review.csv", "metrics.jsonl"):
     assert os.path.exists(tmp_path / name), name
