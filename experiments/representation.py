@@ -109,7 +109,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]):
 
   if config.method == "autoencoder":
     autoencoder = models.Autoencoder(encoder, models.Decoder(image_shape, tuple(config.decoder_features)),
-                                     code_activation=config.code_activation)
+                                     code_dim=config.code_dim or None, code_activation=config.code_activation)
     objective = models.autoencoder_loss(
         models.from_linen(autoencoder), noise_std=config.noise_std, l1_weight=config.l1_weight,
         sparsity_weight=config.sparsity_weight, sparsity_target=config.sparsity_target)

@@ -29,7 +29,8 @@ PRESETS = {
     "triplet_semi_hard": dict(method="triplet", mining="semi_hard"),
     "autoencoder": dict(method="autoencoder"),
     "denoising": dict(method="autoencoder", noise_std=0.3),
-    "sparse": dict(method="autoencoder", code_activation="sigmoid", sparsity_weight=0.1, sparsity_target=0.05),
+    "sparse": dict(method="autoencoder", code_dim=64, code_activation="sigmoid", sparsity_weight=0.1,
+                   sparsity_target=0.05),
     "linear_decoder": dict(method="autoencoder", decoder_features=()),
     "random": dict(method="random", num_iterations=0),
     "surgical": dict(method="surgical", dataset="mnist", lr=1e-3, batch_size=128, num_iterations=1500),
@@ -66,6 +67,7 @@ def get_config(preset: str = "simclr") -> ml_collections.ConfigDict:
   config.noise = 0.05
   # Autoencoders.
   config.decoder_features = (256, 512)
+  config.code_dim = 0                  # > 0: a linear code layer on the encoder output (sparse: sigmoid codes)
   config.code_activation = "identity"  # identity | sigmoid (for the KL sparsity penalty) | relu | tanh
   config.noise_std = 0.0               # denoising: Gaussian input noise
   config.sparsity_weight = 0.0

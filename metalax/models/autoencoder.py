@@ -61,9 +61,14 @@ class Autoencoder(nn.Module):
   Attributes:
     encoder: a module mapping images ``[n, H, W, C]`` to ``[n, k]`` (e.g. ``Conv4(None)`` or an ``MLP``).
     decoder: a module mapping codes ``[n, k]`` to pixel logits (e.g. :class:`Decoder`).
-    code_activation: applied to the encoder's output to form the code: one of
+    code_dim: if set, a linear layer ``"code"`` maps the encoder's output to
+      ``code_dim`` features before the activation. Needed for a sigmoid code
+      on an encoder whose outputs are non-negative (``Conv4`` ends with a
+      ReLU, so ``sigmoid`` of its output is at least 1/2 and cannot meet a
+      small sparsity target).
+    code_activation: applied to form the code: one of
       :data:`CODE_ACTIVATIONS` (``"sigmoid"`` for the KL sparsity penalty).
-      The encoder checkpoint is the part before it.
+      The encoder checkpoint is the part before the code layer and activation.
 
   Example:
     >>> model = Autoencoder(Conv4(None, hidden=32), Decoder((28, 28, 1)))
@@ -74,21 +79,29 @@ class Autoencoder(nn.Module):
 
   encoder: nn.Module
   decoder: nn.Module
+  code_dim: int | None = None
   code_activation: str = "identity"
 
   def __post_init__(self) -> None:
     if self.code_activation not in CODE_ACTIVATIONS:
       raise ValueError(f"code_activation must be one of {CODE_ACTIVATIONS}, got {self.code_activation!r}.")
+    if self.code_dim is not None and (isinstance(self.code_dim, bool) or not isinstance(self.code_dim, int)
+                                      or self.code_dim < 1):
+      raise ValueError(f"code_dim must be None or an int >= 1, got {self.code_dim!r}.")
     super().__post_init__()
 
+  @nn.compact
   def encode(self, inputs: jax.Array) -> jax.Array:
     features = self.encoder(inputs)
     if features.ndim != 2:
       raise ValueError(f"the encoder must return [n, k] codes, got shape {tuple(features.shape)}.")
+    if self.code_dim is not None:
+      features = nn.Dense(self.code_dim, name="code")(features)
     if self.code_activation == "identity":
       return features
     return getattr(nn, self.code_activation)(features)
 
+  @nn.compact
   def __call__(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
     codes = self.encode(inputs)
     return self.decoder(codes), codes

@@ -29,9 +29,17 @@ def test_shapes_and_encoder_params_are_the_encoders_own():
   np.testing.assert_allclose(encoder.apply({"params": params["encoder"]}, IMAGES), codes, rtol=1e-6)
   _, linear = make(decoder_features=())
   assert set(linear["decoder"]) == {"output"}          # the low-capacity decoder is one linear map
-  _, sigmoid_codes = models.Autoencoder(encoder, models.Decoder((16, 16, 1), (32,)), "sigmoid").apply(
+  _, sigmoid_codes = models.Autoencoder(encoder, models.Decoder((16, 16, 1), (32,)),
+                                         code_activation="sigmoid").apply(
       {"params": params}, IMAGES)
   np.testing.assert_allclose(sigmoid_codes, jax.nn.sigmoid(codes), rtol=1e-6)
+  coded = models.Autoencoder(encoder, models.Decoder((16, 16, 1), (32,)), code_dim=5, code_activation="sigmoid")
+  coded_params = coded.init(KEY, IMAGES[:2])["params"]
+  assert coded_params["code"]["kernel"].shape == (8, 5)
+  _, five = coded.apply({"params": coded_params}, IMAGES)
+  features = encoder.apply({"params": coded_params["encoder"]}, IMAGES)
+  np.testing.assert_allclose(five, jax.nn.sigmoid(features @ coded_params["code"]["kernel"]
+                                                  + coded_params["code"]["bias"]), rtol=1e-5)
 
 
 def test_objective_variants():
@@ -78,5 +86,7 @@ def test_training_reduces_reconstruction(options):
 def test_errors():
   with pytest.raises(ValueError, match="code_activation"):
     models.Autoencoder(models.MLP(), models.Decoder(), code_activation="softmax")
+  with pytest.raises(ValueError, match="code_dim"):
+    models.Autoencoder(models.MLP(), models.Decoder(), code_dim="sigmoid")
   with pytest.raises(ValueError, match="reconstruction"):
     models.autoencoder_loss(lambda p, x: x, reconstruction="l1")
