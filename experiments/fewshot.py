@@ -182,7 +182,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   test_learner, _ = make_learner(config, test_counts[0], config.test_num_steps)
   params = backbone.init(key_init, jnp.zeros((2, *splits["train"].image_shape)))["params"]
   optimizer = optax.adam(learning_rate(config))
-  train_step = meta.train_step(learner, optimizer)
+  mesh = common.make_mesh(config, config.meta_batch_size)
+  train_step = metalax.parallel.train_step(common.with_precision(learner, config), optimizer, mesh)
 
   def step(state, key, train_images):
     episodes = as_float(metalax.sample_episodes(key, train_images, config.meta_batch_size, *train_counts))
@@ -209,7 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       step, {"meta_params": meta_params, "opt_state": optimizer.init(meta_params)}, data=images["train"],
       key=key_train, num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
       checkpoint_every=config.eval_every, run_dir=workdir, desc=config.learner,
-      on_checkpoint=on_checkpoint)
+      on_checkpoint=on_checkpoint, mesh=mesh, on_nan=common.run_settings(config)["on_nan"])
 
   best = json.load(open(best_path))
   best_params = best_manager.restore(best["step"], args=common.ocp.args.StandardRestore(
