@@ -254,17 +254,32 @@ def run_experiment(train_and_evaluate: Callable[[Any, str], Any], default_config
     try:
       config = config_flag.value
       check_overrides(flags.FLAGS["config"], config)
-      if distributed_flag.value or coordinator_flag.value:
+      if distributed_flag.value or any(flag.value is not None for flag in (
+          coordinator_flag, num_processes_flag, process_id_flag)):
         initialize_distributed(coordinator_flag.value, num_processes_flag.value, process_id_flag.value)
       train_and_evaluate(config, workdir_flag.value)
     except (ValueError, FileNotFoundError, FloatingPointError, OSError) as e:
-      name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
-      message = " ".join(str(e).split()) or type(e).__name__
-      sys.stderr.write(f"{name}: error: {message}\n")
-      sys.stderr.flush()
-      os._exit(1) if jax.process_count() > 1 else sys.exit(1)  # other processes may wait for this one
+      user_error(" ".join(str(e).split()) or type(e).__name__, several_processes=jax.process_count() > 1)
 
-  app.run(main)
+  def parse_flags(argv):
+    try:
+      return flags.FLAGS(argv)
+    except flags.Error as e:  # a config file that fails to load embeds its traceback: keep its last line
+      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+      message = lines[-1] if any("Traceback" in line for line in lines) else " ".join(lines)
+      user_error(f"{message} (--helpshort or --helpfull lists the flags)")
+
+  app.run(main, flags_parser=parse_flags)
+
+
+def user_error(message: str, several_processes: bool = False) -> None:
+  """Ends the program with ``<program>: error: message`` on stderr and exit status 1, no traceback."""
+  name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+  sys.stderr.write(f"{name}: error: {message}\n")
+  sys.stderr.flush()
+  if several_processes:
+    os._exit(1)  # do not wait at exit for processes that wait for this one
+  sys.exit(1)
 
 
 def check_overrides(config_flag: Any, config: Any) -> None:
@@ -396,8 +411,9 @@ def restore_or_init(manager: ocp.CheckpointManager, init_state: Any) -> tuple[An
   raise ValueError(f"no checkpoint in {manager.directory} can be restored ({'; '.join(errors)}); {advice}.")
 
 
-def _all_finite(tree: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+def _no_nan(tree: Any) -> jax.Array:
+  """Whether no floating leaf of ``tree`` holds a NaN (an infinity may be a legitimate state, e.g. a best-so-far)."""
+  leaves = [~jnp.any(jnp.isnan(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
@@ -435,9 +451,9 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
       process's own copy of the state.
     mesh: a device mesh (:func:`make_mesh`): ``state`` and ``data`` are
       replicated on its devices; None for one device.
-    on_nan: what a non-finite loss or state does: ``"stop"`` raises
-      ``FloatingPointError`` naming the first such iteration, keeping the last
-      checkpoint (every saved state is finite); ``"skip"`` discards that
+    on_nan: what a non-finite loss or a NaN in the state does: ``"stop"``
+      raises ``FloatingPointError`` naming the first such iteration, keeping
+      the last checkpoint (no saved state holds a NaN); ``"skip"`` discards that
       iteration's update (the state stays as before it) and counts it in the
       ``skipped`` metric.
 
@@ -460,7 +476,7 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
   def run_chunk(state, data, begin, length):
     def body(state, iteration):
       new_state, metrics = step(state, jax.random.fold_in(key, iteration), data)
-      finite = jnp.isfinite(metrics["loss"]) & _all_finite(new_state)
+      finite = jnp.isfinite(metrics["loss"]) & _no_nan(new_state)
       if on_nan == "skip":
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
       return new_state, (metrics, finite)
