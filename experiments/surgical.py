@@ -216,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   write_table(table, config, clean_accuracy, os.path.join(workdir, "surgical.md"))
-  plot_table(table, os.path.join(workdir, "surgical.png"))
+  plot_table(table, os.path.join(workdir, "surgical.png"), config.target_shots)
   print(f"clean test accuracy after pretraining {100 * clean_accuracy:.2f}%")
   return results
 
@@ -236,7 +236,7 @@ def write_table(table, config, clean_accuracy: float, path: str) -> None:
     f.write("\n".join(lines) + "\n")
 
 
-def plot_table(table, path: str) -> None:
+def plot_table(table, path: str, shots: int) -> None:
   shifts = list(table)
   selections = list(next(iter(table.values())))
   fig, axes = plt.subplots(1, len(shifts), figsize=(3.4 * len(shifts), 3), squeeze=False)
@@ -248,7 +248,7 @@ def plot_table(table, path: str) -> None:
     ax.set_title(shift)
     ax.set_ylabel("shifted test accuracy (%)")
     ax.set_ylim(0, 100)
-  fig.suptitle("MNIST: fine-tuning one block at a time on 10 labelled shifted images per class", fontsize=9)
+  fig.suptitle(f"MNIST: fine-tuning one block at a time on {shots} labelled shifted images per class", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
