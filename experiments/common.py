@@ -252,7 +252,11 @@ def run_experiment(train_and_evaluate: Callable[[Any, str], Any], default_config
       raise app.UsageError("--workdir is required (where results, checkpoints and plots go).")
     quiet_orbax_logs()
     try:
-      config = config_flag.value
+      try:
+        config = config_flag.value
+        config.keys()
+      except OSError as e:  # ml_collections defers a missing config file's error to here
+        raise FileNotFoundError(f"cannot load the --config file: {str(e).split('Attempted')[-1].strip()}") from None
       check_overrides(flags.FLAGS["config"], config)
       if distributed_flag.value or any(flag.value is not None for flag in (
           coordinator_flag, num_processes_flag, process_id_flag)):
