@@ -129,6 +129,19 @@ def test_graddrop_eager_agrees_with_jit():
                              rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", sorted(MAKERS))
+def test_constructor_runs_inside_jit(name):
+  """Constructors check their arguments without tracing, so a step may build the aggregator."""
+  grads = jnp.asarray(_random_grads(2))
+
+  @jax.jit
+  def run(grads):
+    aggregator = MAKERS[name]()
+    return aggregator.update(grads, aggregator.init(None))[0]
+
+  np.testing.assert_allclose(run(grads), _run(name, np.asarray(grads)), rtol=1e-4, atol=1e-5)
+
+
 def test_aggregator_is_optax_aggregator_and_runs_in_process():
   assert isinstance(mtl.pcgrad(KEY), aggregating.Aggregator)
   optimizer = aggregating.process(optax.identity(), mtl.linear_scalarization([1.0, 3.0]),

@@ -13,6 +13,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from metalax.mtl.aggregation.base import Aggregator
 from metalax.mtl.aggregation.base import combine
@@ -144,9 +145,10 @@ def graddrop(key: jax.Array, *, leak: float | Sequence[float] = 0.0) -> Aggregat
     Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov, Just Pick a Sign:
     Optimizing Deep Multitask Models with Gradient Sign Dropout, NeurIPS 2020.
   """
-  leak_array = jnp.asarray(leak, jnp.float32)
-  if leak_array.ndim > 1 or jnp.any((leak_array < 0) | (leak_array > 1)):
+  leak_values = np.asarray(leak, np.float32)  # checked in NumPy: the constructor may run inside jit
+  if leak_values.ndim > 1 or np.any((leak_values < 0) | (leak_values > 1)):
     raise ValueError(f"leak must be a scalar or [T] vector in [0, 1], got {leak!r}.")
+  leak_array = jnp.asarray(leak_values)
 
   def update_fn(task_grads, state, params=None, **extra_args):
     del params, extra_args

@@ -1,0 +1,83 @@
+"""The multi-task entrypoint end to end on tiny configurations."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import mtl
+from experiments.configs import mtl as mtl_config
+
+MNIST_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "mnist")
+
+
+def tiny_config(preset, **overrides):
+  config = mtl_config.get_config(preset)
+  config.update(dict(num_seeds=2, num_iterations=20, steps_per_call=20, batch_size=16))
+  config.mmoe.update(dict(correlations=(1.0, 0.5), num_train=200, num_valid=50, num_test=50, num_experts=2,
+                          expert_features=4, tower_features=4, shared_bottom_features=8))
+  config.toy.update(dict(num_tasks=3, input_dim=12, output_dim=4, hidden=8, num_layers=2, num_test=64))
+  config.multimnist.update(dict(data_dir=MNIST_DIR, num_train=256, num_test=100, eval_batch_size=50,
+                                mlp_features=(16, 8)))
+  config.update(overrides)
+  return config
+
+
+def test_mmoe_benchmark(tmp_path):
+  config = tiny_config("mmoe")
+  config.mmoe.models = "shared_bottom,mmoe"
+  results = mtl.train_and_evaluate(config, str(tmp_path))
+  assert set(results) == {"shared_bottom", "mmoe"}
+  for by_p in results.values():
+    assert set(by_p) == {"1", "0.5"}
+    assert np.all(np.isfinite(by_p["0.5"]["test_mse"])) and len(by_p["0.5"]["test_mse"]) == 2
+  # Label correlation follows p (the sinusoids keep it below p).
+  assert results["mmoe"]["1"]["label_correlation"] > results["mmoe"]["0.5"]["label_correlation"]
+  for name in ("results.json", "mmoe.png", "run.json", "p0.5/mmoe/metrics.jsonl"):
+    assert os.path.exists(tmp_path / name), name
+
+
+def test_gradnorm_toy(tmp_path):
+  config = tiny_config("gradnorm", methods="equal,gradnorm,pcgrad")
+  results = mtl.train_and_evaluate(config, str(tmp_path))
+  assert set(results) == {"equal", "gradnorm", "pcgrad"}
+  gradnorm_weights = np.array(results["gradnorm"]["weights"])
+  np.testing.assert_allclose(gradnorm_weights.sum(1), 3.0, rtol=1e-4)  # renormalised to sum to T
+  assert np.array(results["gradnorm"]["loss_ratio"]).shape == (2, 3)
+  assert np.all(np.isnan(results["pcgrad"]["weights"]))  # aggregators log no weights
+  assert os.path.exists(tmp_path / "gradnorm.png")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(MNIST_DIR, "t10k-images-idx3-ubyte.gz")),
+                    reason="MNIST files not found")
+def test_multimnist_table_and_delta_m(tmp_path):
+  config = tiny_config("multimnist", methods="single_0,single_1,mgda_ub,graddrop")
+  results = mtl.train_and_evaluate(config, str(tmp_path))
+  methods = results["methods"]
+  assert len(results["single_task"]) == 2
+  assert "delta_m" not in methods["single_0"]
+  for name in ("mgda_ub", "graddrop"):
+    assert np.array(methods[name]["accuracy"]).shape == (2, 2)
+    assert len(methods[name]["delta_m"]) == 2
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["results"]["methods"]["mgda_ub"]["accuracy"] == methods["mgda_ub"]["accuracy"]
+
+
+def test_multimnist_images():
+  images = np.zeros((3, 28, 28, 1), np.uint8)
+  images[:, 0, 0] = 255  # top-left pixel of every digit
+  combined, labels = mtl.multi_mnist(images, np.arange(3), 3, seed=0)
+  assert combined.shape == (3, 28, 28, 1) and combined.dtype == np.uint8
+  assert labels.shape == (3, 2)
+  assert combined[:, 0, 0, 0].tolist() == [255] * 3  # the left digit's corner survives the resize
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(experiment="cifar"), "experiment"),
+    (dict(methods="equal,sgd"), "methods"),
+    (dict(num_seeds=0), "num_seeds"),
+])
+def test_bad_config_raises(tmp_path, overrides, match):
+  with pytest.raises(ValueError, match=match):
+    mtl.train_and_evaluate(tiny_config("gradnorm", **overrides), str(tmp_path))
