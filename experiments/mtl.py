@@ -627,8 +627,11 @@ def plot_multimnist(path: str, results: dict[str, Any], baselines: np.ndarray | 
     if baselines is not None:
       ax.axhline(100 * baselines[t], color=f"C{t}", linestyle="--", linewidth=1, label=f"single-task {name}")
   ax.set_xticks(positions, methods, rotation=45, ha="right")
-  low = min(100 * np.asarray(results[m]["accuracy"]).min() for m in results)
-  ax.set_ylim(low - 2, None)
+  low = min(100 * np.asarray(results[m]["accuracy"]).min() for m in methods)  # single-task models score ~10%
+  high = max(100 * np.asarray(results[m]["accuracy"]).max() for m in methods)  # on the task they did not train
+  if baselines is not None:
+    low, high = min(low, 100 * baselines.min()), max(high, 100 * baselines.max())
+  ax.set_ylim(low - 1, high + 1)
   ax.set_ylabel("test accuracy (%)")
   ax.set_title(f"MultiMNIST, mean +- std over {config.num_seeds} seeds")
   ax.legend(fontsize=7, ncol=2)
