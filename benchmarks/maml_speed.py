@@ -35,11 +35,12 @@ _CONFIGS = flags.DEFINE_list("configs", list(CONFIGS), "Configurations to run.")
 _RUN_ONE = flags.DEFINE_string("run_one", None, "Run one configuration in this process; print JSON.")
 _ITERATIONS = flags.DEFINE_integer("iterations", 0, "Timed iterations (0: a default per config).")
 _PEER = flags.DEFINE_bool("peer", True, "Also run learn2learn when it is importable.")
+_CONV_IMPL = flags.DEFINE_enum("conv_impl", "patches", ["patches", "xla"], "Conv4 convolutions (metalax).")
 
 PEER_SCRIPT = os.path.join(os.path.dirname(__file__), "peer_learn2learn.py")
 
 
-def build(name):
+def build(name, conv_impl="patches"):
   """(jitted step, meta_params, opt_state, episodes, num_params) for one configuration."""
   import jax
   import jax.numpy as jnp
@@ -54,7 +55,7 @@ def build(name):
     episodes = metalax.data.sample_sinusoid(key_data, meta_batch, shots, queries)
     loss_fn, sample = metalax.losses.squared_error, jnp.zeros((1, 1))
   else:
-    model = metalax.models.Conv4(num_outputs=num_ways, variant=model_kind)
+    model = metalax.models.Conv4(num_outputs=num_ways, variant=model_kind, conv_impl=conv_impl)
     keys = jax.random.split(key_data, 2)
     support = metalax.Batch(jax.random.uniform(keys[0], (meta_batch, num_ways * shots, 28, 28, 1)),
                             jnp.tile(jnp.arange(num_ways), (meta_batch, shots)))
@@ -72,16 +73,19 @@ def build(name):
   return step, meta_params, optimizer.init(meta_params), episodes, num_params
 
 
-def run_one(name, iterations):
+def run_one(name, iterations, conv_impl="patches"):
   """Times one configuration in metalax; returns the JSON record."""
   import jax
   import numpy as np
 
-  step, meta_params, opt_state, episodes, num_params = build(name)
+  step, meta_params, opt_state, episodes, num_params = build(name, conv_impl)
   iterations = iterations or (2000 if name.startswith("sinusoid") else 10)
   begin = time.perf_counter()
-  meta_params, opt_state, _ = jax.block_until_ready(step(meta_params, opt_state, episodes))
+  compiled = step.lower(meta_params, opt_state, episodes).compile()
   compile_s = time.perf_counter() - begin
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost or {}
+  meta_params, opt_state, _ = jax.block_until_ready(step(meta_params, opt_state, episodes))
   for _ in range(3):
     meta_params, opt_state, _ = step(meta_params, opt_state, episodes)
   jax.block_until_ready(meta_params)
@@ -90,10 +94,40 @@ def run_one(name, iterations):
     begin = time.perf_counter()
     meta_params, opt_state, _ = jax.block_until_ready(step(meta_params, opt_state, episodes))
     times.append(time.perf_counter() - begin)
-  return {"impl": "metalax", "config": name, "ms_per_iteration": 1e3 * float(np.median(times)),
+  record = {}
+  if not name.startswith("sinusoid"):  # episode sampling on device, as experiments.fewshot does it
+    record = time_sampling(CONFIGS[name], min(iterations, 20))
+  return record | {"impl": "metalax", "config": name, "ms_per_iteration": 1e3 * float(np.median(times)),
           "ms_per_iteration_min": 1e3 * float(np.min(times)), "compile_s": compile_s,
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-          "num_params": int(num_params), "jax": jax.__version__, "iterations": iterations}
+          "num_params": int(num_params), "jax": jax.__version__, "iterations": iterations,
+          "device": str(jax.devices()[0].device_kind), "conv_impl": conv_impl,
+          "gflop_per_iteration": float(cost.get("flops", float("nan"))) / 1e9,
+          "device_peak_mb": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20}
+
+
+def time_sampling(config, iterations):
+  """Median ms to sample and convert one meta-batch of episodes from Omniglot-sized training images."""
+  import jax
+  import numpy as np
+
+  import metalax
+
+  _, meta_batch, num_ways, shots, queries, _, _ = config
+  images = jax.random.randint(jax.random.key(1), (4400, 20, 28, 28, 1), 0, 256).astype(np.uint8)
+
+  @jax.jit
+  def sample(key, images):
+    episodes = metalax.sample_episodes(key, images, meta_batch, num_ways, shots, queries)
+    return jax.tree.map(lambda x: metalax.data.to_float32(x) if x.dtype == np.uint8 else x, episodes)
+
+  jax.block_until_ready(sample(jax.random.key(0), images))
+  times = []
+  for i in range(iterations):
+    begin = time.perf_counter()
+    jax.block_until_ready(sample(jax.random.key(i), images))
+    times.append(time.perf_counter() - begin)
+  return {"sampling_ms": 1e3 * float(np.median(times))}
 
 
 def subprocess_json(command):
@@ -116,7 +150,7 @@ def peer_available():
 def main(argv):
   del argv
   if _RUN_ONE.value:
-    print(json.dumps(run_one(_RUN_ONE.value, _ITERATIONS.value)))
+    print(json.dumps(run_one(_RUN_ONE.value, _ITERATIONS.value, _CONV_IMPL.value)))
     return
   unknown = [c for c in _CONFIGS.value if c not in CONFIGS]
   if unknown:
@@ -127,20 +161,21 @@ def main(argv):
   rows = []
   for name in _CONFIGS.value:
     ours = subprocess_json([sys.executable, "-m", "benchmarks.maml_speed", f"--run_one={name}",
-                            f"--iterations={_ITERATIONS.value}"])
+                            f"--iterations={_ITERATIONS.value}", f"--conv_impl={_CONV_IMPL.value}"])
     peer = subprocess_json([sys.executable, PEER_SCRIPT, "--config", name]) if with_peer else {}
     rows.append((name, ours, peer))
     print(json.dumps(ours))
     if peer:
       print(json.dumps(peer))
   print(f"\n{'config':<18}{'metalax ms/it':>14}{'learn2learn ms/it':>19}{'speed-up':>10}"
-        f"{'metalax RSS MB':>16}{'l2l RSS MB':>12}")
+        f"{'metalax RSS MB':>16}{'l2l RSS MB':>12}{'sampling ms':>13}")
   for name, ours, peer in rows:
     ms, peer_ms = ours.get("ms_per_iteration"), peer.get("ms_per_iteration")
     ratio = f"{peer_ms / ms:.1f}x" if ms and peer_ms else "-"
     fmt = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else format("-", ">" + spec.split(".")[0])
     print(f"{name:<18}{fmt(ms, '14.2f')}{fmt(peer_ms, '19.2f')}{ratio:>10}"
-          f"{fmt(ours.get('peak_rss_mb'), '16.0f')}{fmt(peer.get('peak_rss_mb'), '12.0f')}")
+          f"{fmt(ours.get('peak_rss_mb'), '16.0f')}{fmt(peer.get('peak_rss_mb'), '12.0f')}"
+          f"{fmt(ours.get('sampling_ms'), '13.2f')}")
 
 
 if __name__ == "__main__":

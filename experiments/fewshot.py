@@ -56,7 +56,7 @@ def make_learner(config: ml_collections.ConfigDict, num_ways: int, num_steps: in
   name = config.learner
   gradient_based = name in GRADIENT_LEARNERS
   backbone = metalax.models.Conv4(num_outputs=num_ways if gradient_based else None, hidden=config.hidden,
-                                  variant=config.backbone, norm=config.norm)
+                                  variant=config.backbone, norm=config.norm, conv_impl=config.conv_impl)
   apply_fn = metalax.models.from_linen(backbone)
   loss_fn = metalax.losses.cross_entropy
   if name in ("maml", "fomaml", "anil"):

@@ -143,9 +143,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     train_images, train_labels = train_images[:config.num_train_examples], train_labels[:config.num_train_examples]
   if config.num_test_examples:
     test_images, test_labels = test_images[:config.num_test_examples], test_labels[:config.num_test_examples]
-  if config.corrections:
-    train_labels = transfer.apply_corrections(train_labels, transfer.read_corrections(config.corrections),
-                                              num_classes=10)
+  corrections = transfer.read_corrections(config.corrections) if config.corrections else {}
+  train_labels = transfer.apply_corrections(train_labels, corrections, num_classes=10)
   init_key, train_key, target_key = jax.random.split(jax.random.key(config.seed), 3)
   model = models.Conv4(num_outputs=10, hidden=config.hidden, variant=config.backbone, norm=config.norm)
   apply_fn = models.from_linen(model)
@@ -171,6 +170,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_losses, train_predictions = per_example_losses(apply_fn, params, train_images, train_labels)
   transfer.write_review(workdir, train_images, train_labels, train_losses, config.review_k,
                         predictions=train_predictions)
+  rank = np.argsort(np.argsort(-train_losses))
+  corrected = {int(i): {"label": int(train_labels[i]), "loss": float(train_losses[i]), "rank": int(rank[i])}
+               for i in corrections}
   test_float = metalax.data.to_float32(test_images)
   clean_accuracy = accuracy_on(apply_fn, params, test_float, test_labels)
 
@@ -212,7 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     print(f"{shift}: " + ", ".join(f"{s} {100 * v['mean']:.1f}" for s, v in table[shift].items()))
   results = {"clean_test_accuracy": clean_accuracy, "table": table, "pretrain_seconds": round(pretrain_seconds, 1),
              "finetune_seconds": round(time.perf_counter() - begin, 1),
-             "target_examples": f"{config.target_shots} per class (x10)", "finetune_steps": config.finetune_steps}
+             "target_examples": f"{config.target_shots} per class (x10)", "finetune_steps": config.finetune_steps,
+             "corrected_examples": corrected}
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
   write_table(table, config, clean_accuracy, os.path.join(workdir, "surgical.md"))

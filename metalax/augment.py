@@ -31,6 +31,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = Any
 
@@ -252,7 +253,8 @@ def brightness_contrast(brightness: float = 0.4, contrast: float = 0.4) -> Augme
   return Augmentation(sample, apply)
 
 
-_RGB_TO_YIQ = jnp.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], jnp.float32)
+# NumPy, not jnp: a module-level jnp array would start the JAX backend on import (before jax.distributed.initialize).
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
 
 
 def color_jitter(brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
@@ -288,7 +290,7 @@ def color_jitter(brightness: float = 0.4, contrast: float = 0.4, saturation: flo
     rotation = jnp.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], jnp.float32)
     rotation = rotation.at[1:, 1:].set(jnp.array([[jnp.cos(angle), -jnp.sin(angle)],
                                                   [jnp.sin(angle), jnp.cos(angle)]]))
-    transform = jnp.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ
+    transform = np.linalg.inv(_RGB_TO_YIQ) @ rotation @ _RGB_TO_YIQ
     return jnp.clip(image @ transform.T, 0.0, 1.0)
 
   return Augmentation(sample, apply)

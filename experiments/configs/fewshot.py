@@ -56,6 +56,7 @@ def get_config(preset: str = "protonet_5w1s") -> ml_collections.ConfigDict:
   config.backbone = "strided"          # Conv-4 variant: strided | maxpool
   config.hidden = 64
   config.norm = "batch"                # batch (batch statistics) | layer | group | none
+  config.conv_impl = "patches"         # Conv-4 convolutions: patches (batched GEMMs) | xla (lax.conv)
   # Episodes (test_* = 0: the same as training).
   config.num_ways = 5
   config.num_shots = 1

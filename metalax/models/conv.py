@@ -239,7 +239,9 @@ class Conv4(nn.Module):
     epsilon: added to the variance.
     conv_impl: ``"patches"``: matrix products of image patches, fast on CPU
       when the parameters differ per task (see the module docstring);
-      ``"xla"``: ``lax.conv_general_dilated``.
+      ``"xla"``: ``lax.conv_general_dilated`` (cuDNN on GPU; slower than
+      ``"patches"`` for per-task MAML on CPU and on an H100, see
+      BUILD_NOTES.md).
 
   Params: ``conv_0 .. conv_3`` (``kernel [3, 3, c_in, hidden]``, ``bias
   [hidden]``), ``norm_0 .. norm_3`` (``scale [hidden]``, ``bias [hidden]``;

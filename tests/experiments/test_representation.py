@@ -97,15 +97,19 @@ def test_bad_config(tmp_path, overrides, match):
 
 @pytest.mark.skipif(not os.path.isdir(MNIST), reason=f"no MNIST files in {MNIST}")
 def test_surgical_runs_and_tables(tmp_path):
+  reviewed = tmp_path / "reviewed.csv"
+  reviewed.write_text("rank,index,label,prediction,loss,corrected_label\n0,7,3,5,9.0,5\n1,9,4,4,8.0,\n")
   config = representation_config.get_config("surgical")
   config.update(dict(hidden=8, num_iterations=6, steps_per_call=3, checkpoint_every=6, batch_size=32,
                      finetune_steps=3, num_seeds=2, target_shots=2, review_k=6, selections=("none", "block1", "head"),
                      shifts=("inverted", "permuted"), num_train_examples=2000, num_test_examples=500,
-                     validation_shots=3, finetune_lrs=(1e-3, 1e-2)))
+                     validation_shots=3, finetune_lrs=(1e-3, 1e-2),
+                     corrections=str(reviewed)))
   results = surgical.train_and_evaluate(config, str(tmp_path))
   table = results["table"]
   assert set(table) == {"inverted", "permuted"} and set(table["inverted"]) == {"none", "block1", "head"}
   assert all(0 <= cell["mean"] <= 1 for row in table.values() for cell in row.values())
   assert set(table["permuted"]["head"]["lrs"]) <= {1e-3, 1e-2} and table["permuted"]["none"]["lrs"] == [0.0, 0.0]
+  assert list(results["corrected_examples"]) == [7] and results["corrected_examples"][7]["label"] == 5
   for name in ("results.json", "surgical.md", "review.png", "review.csv", "metrics.jsonl"):
     assert os.path.exists(tmp_path / name), name
