@@ -79,6 +79,14 @@ def make_mesh(config: Any, batch_size: int | None = None) -> jax.sharding.Mesh |
   return mesh if size > 1 else None
 
 
+def require_float32(config: Any, experiment: str) -> None:
+  """Raises ValueError unless ``config.precision`` is float32 (for entrypoints without mixed precision)."""
+  precision = run_settings(config)["precision"]
+  if precision != "float32":
+    raise ValueError(f"--config.precision={precision} is implemented by the meta-learning entrypoints (sinusoid, "
+                     f"fewshot); {experiment} trains in float32 only.")
+
+
 def with_precision(learner: Any, config: Any) -> Any:
   """``learner`` computing its training objective in ``config.precision`` (float32 parameters and gradients)."""
   return parallel.with_precision(learner, run_settings(config)["precision"])

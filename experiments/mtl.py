@@ -225,8 +225,10 @@ def train_seeds(problem: Problem, method: str, config: ml_collections.ConfigDict
   init_state, step = make_trainer(problem, method, config, num_tasks)
   state = init_seeds(init_state, key, config.num_seeds)
 
+  mesh = common.make_mesh(config, config.batch_size)
+
   def seed_step(state, key, data):
-    batch = sample_batch(key, data)
+    batch = metalax.parallel.shard_batch(sample_batch(key, data), mesh)  # examples split across the devices
     return step(state, key, batch)
 
   def all_seeds(state, key, data):
@@ -237,7 +239,7 @@ def train_seeds(problem: Problem, method: str, config: ml_collections.ConfigDict
   return common.train_loop(all_seeds, state, data=data, key=jax.random.fold_in(key, 10_000),
                            num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
                            checkpoint_every=config.num_iterations, run_dir=run_dir, desc=desc,
-                           on_checkpoint=on_checkpoint)
+                           on_checkpoint=on_checkpoint, mesh=mesh, on_nan=common.run_settings(config)["on_nan"])
 
 
 def init_seeds(init_state: Callable[[jax.Array], Any], key: jax.Array, num_seeds: int) -> Any:
@@ -651,6 +653,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     value = config[field]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"--config.{field} must be an int >= 1, got {value!r}.")
+  common.require_float32(config, "mtl")
   if config.experiment == "gradnorm":
     parse_methods(config, config.toy.num_tasks)
   elif config.experiment == "multimnist":

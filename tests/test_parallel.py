@@ -86,6 +86,22 @@ FOUR_DEVICES = textwrap.dedent("""
     unsharded = metalax.sample_episodes(jax.random.key(0), images, 8, 3, 1, 2)
     np.testing.assert_array_equal(sampled.support.inputs, unsharded.support.inputs)  # same tasks as 1 device
 
+    # 3. The multi-task entrypoint: each seed's example batch split across the devices, same result as one.
+    from experiments import mtl
+    from experiments.configs import mtl as mtl_config
+
+    def train_mtl(num_devices):
+      config = mtl_config.get_config("gradnorm")
+      config.update(dict(num_seeds=2, num_iterations=20, steps_per_call=10, batch_size=16, methods="equal,gradnorm",
+                         num_devices=num_devices))
+      config.toy.update(dict(num_tasks=3, input_dim=12, output_dim=4, hidden=8, num_layers=2, num_test=64))
+      return mtl.train_and_evaluate(config, tempfile.mkdtemp())
+
+    mtl_one, mtl_four = train_mtl(1), train_mtl(4)
+    for method in ("equal", "gradnorm"):
+      for field in ("loss_ratio", "weights"):
+        np.testing.assert_allclose(mtl_four[method][field], mtl_one[method][field], rtol=1e-4, atol=1e-6)
+
     # An uneven split is a clear error.
     try:
       parallel.shard_batch(jnp.zeros((6, 2)), mesh)

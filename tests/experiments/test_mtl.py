@@ -77,6 +77,7 @@ def test_multimnist_images():
     (dict(experiment="cifar"), "experiment"),
     (dict(methods="equal,sgd"), "methods"),
     (dict(num_seeds=0), "num_seeds"),
+    (dict(precision="bfloat16"), "float32 only"),
 ])
 def test_bad_config_raises(tmp_path, overrides, match):
   with pytest.raises(ValueError, match=match):
