@@ -16,6 +16,11 @@ Usage:
       --config=experiments/configs/fewshot.py:protonet_5w1s
   python -m experiments.fewshot --workdir=/tmp/maml_5w1s \
       --config=experiments/configs/fewshot.py:maml_5w1s --config.num_iterations=5000
+  # A metric learner started from a pretrained encoder (the workdir of an experiments.representation run,
+  # with the same hidden, backbone and norm):
+  python -m experiments.fewshot --workdir=/tmp/protonet_simclr \
+      --config=experiments/configs/fewshot.py:protonet_5w1s --config.init_encoder=/tmp/simclr \
+      --config.hidden=32 --config.backbone=strided
 """
 
 import json
@@ -38,8 +43,10 @@ import matplotlib.pyplot as plt
 
 GRADIENT_LEARNERS = ("maml", "fomaml", "metasgd", "anil", "reptile", "imaml")
 METRIC_LEARNERS = ("protonet", "matching", "knn", "r2d2", "blackbox")
+# Learners whose meta_params["params"] is the Conv-4 embedding network itself (the layout of a representation
+# run's encoder checkpoint, experiments.representation): --config.init_encoder can start them from one.
+ENCODER_LEARNERS = ("protonet", "matching", "knn", "r2d2")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 
 def episode_counts(config: ml_collections.ConfigDict, split: str) -> tuple[int, int, int]:
@@ -129,7 +136,48 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                      f"num_ways, got {config.test_num_ways}.")
   if config.lr_schedule not in ("constant", "step", "cosine"):
     raise ValueError(f"--config.lr_schedule must be constant, step or cosine, got {config.lr_schedule!r}.")
+  if config.init_encoder and config.learner not in ENCODER_LEARNERS:
+    raise ValueError(f"--config.init_encoder needs a learner whose meta-parameters are the encoder "
+                     f"({', '.join(ENCODER_LEARNERS)}), got {config.learner!r}.")
   make_learner(config, config.num_ways, config.num_steps)
+
+
+def load_init_encoder(config: ml_collections.ConfigDict, params: Any) -> Any:
+  """The encoder params saved by ``experiments.representation`` in ``config.init_encoder``, shaped like ``params``.
+
+  Args:
+    config: the few-shot config; ``init_encoder`` is a representation run's
+      workdir (holding ``encoder/<step>/``, an orbax checkpoint of
+      ``{"params": encoder params}``, and ``run.json``).
+    params: the freshly initialised backbone params (``Conv4(None, hidden,
+      backbone, norm)``), the tree to restore into.
+
+  Returns:
+    The checkpoint's params, replacing ``params``.
+
+  Raises:
+    FileNotFoundError: if ``init_encoder`` holds no encoder checkpoint.
+    ValueError: if the checkpoint's encoder (its run's ``hidden``,
+      ``backbone``, ``norm``, or its array names and shapes) is not the
+      configured backbone.
+  """
+  directory = os.path.join(config.init_encoder, "encoder")
+  manager = common.checkpoint_manager(directory, max_to_keep=1) if os.path.isdir(directory) else None
+  step = manager.latest_step() if manager is not None else None
+  if step is None:
+    raise FileNotFoundError(f"--config.init_encoder={config.init_encoder}: no encoder checkpoint in {directory} "
+                            "(expected the workdir of an experiments.representation run).")
+  fields = ("hidden", "backbone", "norm")
+  wanted = ", ".join(f"{f}={config[f]}" for f in fields)
+  run_path = os.path.join(config.init_encoder, "run.json")
+  stored = json.load(open(run_path)).get("config", {}) if os.path.exists(run_path) else {}
+  found = ", ".join(f"{f}={stored.get(f, '?')}" for f in fields)
+  abstract = {"params": jax.tree.map(common.ocp.utils.to_shape_dtype_struct, params)}
+  mismatch = common.checkpoint_mismatch(os.path.join(directory, str(step)), abstract)
+  if mismatch or any(f in stored and stored[f] != config[f] for f in fields):
+    raise ValueError(f"--config.init_encoder={config.init_encoder}: its encoder ({found}) is not the configured "
+                     f"backbone ({wanted}){': ' + mismatch if mismatch else ''}.")
+  return manager.restore(step, args=common.ocp.args.StandardRestore(abstract))["params"]
 
 
 def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -181,6 +229,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   learner, backbone = make_learner(config, train_counts[0], config.num_steps)
   test_learner, _ = make_learner(config, test_counts[0], config.test_num_steps)
   params = backbone.init(key_init, jnp.zeros((2, *splits["train"].image_shape)))["params"]
+  if config.init_encoder:
+    params = load_init_encoder(config, params)
   optimizer = optax.adam(learning_rate(config))
   mesh = common.make_mesh(config, config.meta_batch_size)
   train_step = metalax.parallel.train_step(common.with_precision(learner, config), optimizer, mesh)

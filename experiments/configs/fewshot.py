@@ -57,6 +57,7 @@ def get_config(preset: str = "protonet_5w1s") -> ml_collections.ConfigDict:
   config.hidden = 64
   config.norm = "batch"                # batch (batch statistics) | layer | group | none
   config.conv_impl = "patches"         # Conv-4 convolutions: patches (batched GEMMs) | xla (lax.conv)
+  config.init_encoder = ""             # metric learners: start from a representation run's encoder (its workdir)
   # Episodes (test_* = 0: the same as training).
   config.num_ways = 5
   config.num_shots = 1

@@ -71,3 +71,37 @@ def test_bad_config_raises(tmp_path, cache_dir, overrides, match):
 def test_missing_data_raises(tmp_path, cache_dir):
   with pytest.raises(FileNotFoundError, match="images_background.zip"):
     fewshot.train_and_evaluate(tiny_config(cache_dir, "maml_5w1s", data_dir=str(tmp_path)), str(tmp_path / "w"))
+
+
+def test_protonet_starts_from_a_pretrained_encoder(tmp_path, cache_dir):
+  from experiments import representation
+  from experiments.configs import representation as representation_config
+  encoder_config = representation_config.get_config("random")   # seed 1: not the few-shot run's own init
+  encoder_config.update(dict(cache_dir=cache_dir, hidden=16, backbone="strided", seed=1, num_eval_classes=10,
+                             episodes=((5, 1),), num_test_episodes=10, probe_steps=2, review_k=4))
+  representation.train_and_evaluate(encoder_config, str(tmp_path / "encoder_run"))
+  pretrained = representation.load_encoder(str(tmp_path / "encoder_run"), encoder_config)
+  settings = dict(learner="protonet", num_ways=5, num_queries=2, num_iterations=2, steps_per_call=2, eval_every=2)
+  # outer_lr 0: the trained meta-parameters stay the initial ones, so the checkpoint shows what was loaded.
+  config = tiny_config(cache_dir, "protonet_5w1s", outer_lr=0.0, init_encoder=str(tmp_path / "encoder_run"),
+                       **settings)
+  fewshot.train_and_evaluate(config, str(tmp_path / "loaded"))
+  fewshot.train_and_evaluate(tiny_config(cache_dir, "protonet_5w1s", outer_lr=0.0, **settings),
+                             str(tmp_path / "fresh"))
+  restore = lambda run: ocp.CheckpointManager(str(tmp_path / run / "checkpoints")).restore(2)["meta_params"]
+  loaded, fresh = jax_leaves(restore("loaded")["params"]), jax_leaves(restore("fresh")["params"])
+  assert len(loaded) == len(jax_leaves(pretrained))
+  for x, y in zip(loaded, jax_leaves(pretrained)):
+    np.testing.assert_array_equal(x, y)
+  assert any(not np.array_equal(x, y) for x, y in zip(fresh, loaded))
+  # Another backbone, or a gradient-based learner: one clear error naming both encoders.
+  with pytest.raises(ValueError, match=r"its encoder \(hidden=16, backbone=strided, norm=batch\) is not the "
+                                       r"configured backbone \(hidden=32, backbone=strided, norm=batch\): .*shape"):
+    fewshot.train_and_evaluate(tiny_config(cache_dir, "protonet_5w1s", hidden=32, init_encoder=config.init_encoder,
+                                           **settings), str(tmp_path / "wider"))
+  with pytest.raises(ValueError, match=r"backbone=strided.*backbone=maxpool"):
+    fewshot.train_and_evaluate(tiny_config(cache_dir, "protonet_5w1s", backbone="maxpool",
+                                           init_encoder=config.init_encoder, **settings), str(tmp_path / "maxpool"))
+  with pytest.raises(ValueError, match="init_encoder needs a learner whose meta-parameters are the encoder"):
+    fewshot.train_and_evaluate(tiny_config(cache_dir, "maml_5w1s", init_encoder=config.init_encoder),
+                               str(tmp_path / "maml"))
