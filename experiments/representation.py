@@ -317,6 +317,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.num_eval_classes:
     data["eval"] = metalax.data.select_classes(data["eval"], range(min(config.num_eval_classes,
                                                                        data["eval"].num_classes)))
+  for ways, shots in config.episodes:
+    if ways > data["eval"].num_classes or shots + config.num_queries > data["eval"].num_per_class:
+      raise ValueError(f"--config.episodes: {ways}-way {shots}-shot episodes with {config.num_queries} queries need "
+                       f"{ways} evaluation classes of {shots + config.num_queries} images, but {config.dataset} has "
+                       f"{data['eval'].num_classes} of {data['eval'].num_per_class} (MNIST: at most 10-way, e.g. "
+                       "--config.episodes='((5,1),(5,5),(10,1),(10,5))').")
   train_images = jax.device_put(data["train"].images)
   image_shape = data["train"].image_shape
   init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)

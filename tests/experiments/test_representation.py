@@ -113,3 +113,11 @@ def test_surgical_runs_and_tables(tmp_path):
   assert list(results["corrected_examples"]) == [7] and results["corrected_examples"][7]["label"] == 5
   for name in ("results.json", "surgical.md", "review.png", "review.csv", "metrics.jsonl"):
     assert os.path.exists(tmp_path / name), name
+
+
+@pytest.mark.skipif(not os.path.isdir(MNIST), reason=f"no MNIST files in {MNIST}")
+def test_mnist_episodes_wider_than_ten_classes_raise_before_training(tmp_path):
+  with pytest.raises(ValueError, match="20-way 1-shot .* but mnist has 10 of 892"):
+    representation.train_and_evaluate(tiny("simclr", dataset="mnist", episodes=((20, 1),), num_eval_classes=0),
+                                      str(tmp_path))
+  assert not os.path.exists(tmp_path / "checkpoints")
