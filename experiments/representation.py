@@ -84,6 +84,7 @@ def make_augmentation(config: ml_collections.ConfigDict) -> augment.Augmentation
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError for settings that cannot run, before any data is read."""
+  common.require_float32(config, "representation")
   if config.method not in METHODS:
     raise ValueError(f"--config.method must be one of {METHODS}, got {config.method!r}.")
   if config.mining not in losses.contrastive.MININGS:
@@ -99,9 +100,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError("--config.examples_per_class must be >= 2: supcon and triplet need positives in a batch.")
 
 
-def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]):
-  """``(init_params(key), loss(params, key, images [C, K, H, W, C]) -> (scalar, metrics), encode)``."""
+def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], mesh: jax.sharding.Mesh | None = None):
+  """``(init_params(key), loss(params, key, images [C, K, H, W, C]) -> (scalar, metrics), encode)``.
+
+  The sampled batch is split across ``mesh`` (:func:`metalax.parallel.shard_batch`; None: one device).
+  """
   encoder = make_encoder(config)
+  shard = lambda batch: metalax.parallel.shard_batch(batch, mesh)
   encode = models.from_linen(encoder)
   sample = jnp.zeros((2, *image_shape))
   augmentation = make_augmentation(config)
@@ -119,7 +124,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]):
 
     def loss(params, key, images):
       batch_key, noise_key = jax.random.split(key)
-      batch = as_float(random_images(batch_key, images, config.batch_size))
+      batch = shard(as_float(random_images(batch_key, images, config.batch_size)))
       value, metrics = objective(params, noise_key, batch)
       codes = metrics.pop("codes")
       metrics.pop("per_example")
@@ -143,13 +148,13 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]):
   def loss(params, key, images):
     batch_key, view_key = jax.random.split(key)
     if config.method == "simclr":
-      batch = as_float(random_images(batch_key, images, config.batch_size))
+      batch = shard(as_float(random_images(batch_key, images, config.batch_size)))
       views = jnp.concatenate([augment.apply_batch(augmentation, k, batch)
                                for k in jax.random.split(view_key)])
       features, projections = project(params, views)
       per_example = losses.nt_xent(projections, temperature=config.temperature)
     else:
-      batch, labels = labelled_batch(batch_key, images, config.classes_per_batch, config.examples_per_class)
+      batch, labels = shard(labelled_batch(batch_key, images, config.classes_per_batch, config.examples_per_class))
       views = augment.apply_batch(augmentation, view_key, as_float(batch))
       features, projections = project(params, views)
       if config.method == "supcon":
@@ -326,7 +331,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_images = jax.device_put(data["train"].images)
   image_shape = data["train"].image_shape
   init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
-  init, loss, encode, autoencoder = build(config, image_shape)
+  labelled = config.method in ("supcon", "triplet")
+  mesh = common.make_mesh(config, config.classes_per_batch * config.examples_per_class if labelled
+                          else config.batch_size)
+  init, loss, encode, autoencoder = build(config, image_shape, mesh)
   params = init(init_key)
   optimizer = optax.adam(config.lr)
 
@@ -340,7 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.num_iterations > 0:
     state = common.train_loop(step, state, data=train_images, key=train_key, num_iterations=config.num_iterations,
                               steps_per_call=config.steps_per_call, checkpoint_every=config.checkpoint_every,
-                              run_dir=workdir, desc=config.preset)
+                              run_dir=workdir, desc=config.preset, mesh=mesh,
+                              on_nan=common.run_settings(config)["on_nan"])
+    state = metalax.parallel.local_copy(state)
   train_seconds = time.perf_counter() - begin
   encoder_params = state["params"]["encoder"]
   encoder_manager = common.checkpoint_manager(os.path.join(workdir, "encoder"), max_to_keep=1)

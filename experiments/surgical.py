@@ -66,6 +66,7 @@ def shift_data(shift: str, images: np.ndarray, labels: np.ndarray, key: jax.Arra
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
+  common.require_float32(config, "surgical")
   for shift in config.shifts:
     if shift not in SHIFTS:
       raise ValueError(f"--config.shifts: unknown shift {shift!r}; expected some of {SHIFTS}.")
@@ -151,12 +152,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   params = model.init(init_key, jnp.zeros((2, 28, 28, 1)))["params"]
   optimizer = optax.adam(config.lr)
 
+  mesh = common.make_mesh(config, config.batch_size)
+
   def step(state, key, data):
     images, labels = data
     index = jax.random.randint(key, (config.batch_size,), 0, images.shape[0])
-    inputs = metalax.data.to_float32(images[index])
+    inputs, targets = metalax.parallel.shard_batch((metalax.data.to_float32(images[index]), labels[index]), mesh)
     value, grads = jax.value_and_grad(lambda p: jnp.mean(losses.cross_entropy(apply_fn(p, inputs),
-                                                                              labels[index])))(state["params"])
+                                                                              targets)))(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, {"loss": value}
 
@@ -164,9 +167,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = common.train_loop(step, {"params": params, "opt_state": optimizer.init(params)},
                             data=(jax.device_put(train_images), jax.device_put(train_labels)), key=train_key,
                             num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
-                            checkpoint_every=config.checkpoint_every, run_dir=workdir, desc="pretrain")
+                            checkpoint_every=config.checkpoint_every, run_dir=workdir, desc="pretrain", mesh=mesh,
+                            on_nan=common.run_settings(config)["on_nan"])
   pretrain_seconds = time.perf_counter() - begin
-  params = state["params"]
+  params = metalax.parallel.local_copy(state["params"])
   train_losses, train_predictions = per_example_losses(apply_fn, params, train_images, train_labels)
   transfer.write_review(workdir, train_images, train_labels, train_losses, config.review_k,
                         predictions=train_predictions)

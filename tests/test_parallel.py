@@ -102,6 +102,22 @@ FOUR_DEVICES = textwrap.dedent("""
       for field in ("loss_ratio", "weights"):
         np.testing.assert_allclose(mtl_four[method][field], mtl_one[method][field], rtol=1e-4, atol=1e-6)
 
+    # 4. The representation entrypoint (SimCLR on MNIST): the sampled image batch split across the devices.
+    from experiments import representation
+    from experiments.configs import representation as representation_config
+
+    def train_representation(num_devices):
+      config = representation_config.get_config("simclr")
+      config.update(dict(dataset="mnist", hidden=8, num_iterations=4, steps_per_call=2, checkpoint_every=4,
+                         batch_size=16, num_test_episodes=4, probe_steps=2, episodes=((2, 1),), review_k=2,
+                         projector_hidden=16, projection_dim=8, num_eval_classes=4, num_devices=num_devices))
+      workdir = tempfile.mkdtemp()
+      representation.train_and_evaluate(config, workdir)
+      return representation.load_encoder(workdir, config)
+
+    for a, b in zip(jax.tree.leaves(train_representation(1)), jax.tree.leaves(train_representation(4))):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
     # An uneven split is a clear error.
     try:
       parallel.shard_batch(jnp.zeros((6, 2)), mesh)
