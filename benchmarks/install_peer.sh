@@ -106,7 +106,7 @@ else
     pyok "import setuptools, wheel" || run "$PY" -m pip install "${PIP_C[@]}" setuptools wheel
     WORK="$(mktemp -d)"
     trap 'rm -rf "$WORK"' EXIT
-    run "$PY" -m pip download --no-deps --no-binary :all: "learn2learn==$L2L_VERSION" -d "$WORK"
+    run "$PY" -m pip download --no-deps --no-binary learn2learn "learn2learn==$L2L_VERSION" -d "$WORK"
     run tar -xzf "$WORK/learn2learn-$L2L_VERSION.tar.gz" -C "$WORK"
     SRC="$WORK/learn2learn-$L2L_VERSION"
     say "removing the shipped Cython-0.29 .c files and the stale .eggs/ folder"
