@@ -266,8 +266,8 @@ def mmoe_data(key: jax.Array, split: int, num_examples: int, p: float, mmoe: ml_
 
   ``u1, u2`` orthonormal; ``w1 = c u1``, ``w2 = c (p u1 + sqrt(1 - p^2) u2)``;
   ``y_t = w_t^T x + sum_i sin(alpha_i w_t^T x + beta_i) + noise``. The paper
-  does not give ``alpha, beta``; as the google-research generator,
-  ``alpha_i = i`` and ``beta_i = (i - 1)^2``. ``key`` fixes ``u1, u2`` (one
+  does not give ``alpha, beta``; here ``alpha_i = i`` and ``beta_i = (i - 1)^2``
+  (a fixed choice, source unconfirmed). ``key`` fixes ``u1, u2`` (one
   task pair per seed); the examples of split number ``split`` come from ``fold_in(key, split)``.
   """
   key_basis, key_x, key_noise = jax.random.split(jax.random.fold_in(key, 0), 3)
