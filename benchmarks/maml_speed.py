@@ -112,14 +112,14 @@ def time_sampling(config, iterations):
   import numpy as np
 
   import metalax
+  from experiments.fewshot import as_float
 
   _, meta_batch, num_ways, shots, queries, _, _ = config
   images = jax.random.randint(jax.random.key(1), (4400, 20, 28, 28, 1), 0, 256).astype(np.uint8)
 
   @jax.jit
   def sample(key, images):
-    episodes = metalax.sample_episodes(key, images, meta_batch, num_ways, shots, queries)
-    return jax.tree.map(lambda x: metalax.data.to_float32(x) if x.dtype == np.uint8 else x, episodes)
+    return as_float(metalax.sample_episodes(key, images, meta_batch, num_ways, shots, queries))
 
   jax.block_until_ready(sample(jax.random.key(0), images))
   times = []
