@@ -320,6 +320,24 @@ def test_cagrad_matches_scipy_reference():
                                atol=1e-3 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("case", ["rank_deficient", "badly_scaled"])
+def test_cagrad_reaches_the_slsqp_optimum_on_hard_gram_matrices(case):
+  # Ten tasks whose Gram matrix is singular (rank 4) or spans 10^4 in scale: the
+  # worst-task improvement min_i g_i . d (the primal objective) matches SLSQP's.
+  rng = np.random.default_rng(7)
+  if case == "rank_deficient":
+    grads = (rng.normal(size=(10, 4)) @ rng.normal(size=(4, 30))).astype(np.float32)
+  else:
+    grads = (rng.normal(size=(10, 30)) * np.logspace(0, 2, 10)[:, None]).astype(np.float32)
+  grads64 = grads.astype(np.float64)
+  g0 = grads64.mean(0)
+  update = _run("cagrad", grads).astype(np.float64) * 1.25  # undo rescale=1
+  expected = _cagrad_numpy(grads, 0.5, rescale=0)
+  assert np.linalg.norm(update - g0) <= 0.5 * np.linalg.norm(g0) * (1 + 1e-4)
+  scale = np.abs(grads64 @ g0).max()
+  assert np.min(grads64 @ update) >= np.min(grads64 @ expected) - 1e-5 * scale
+
+
 def test_cagrad_worst_task_improvement_beats_the_mean():
   # CAGrad maximises min_i g_i . d in the ball |d - g_0| <= c |g_0| (before rescaling).
   grads = _random_grads(13)
