@@ -11,6 +11,7 @@ Usage:
   python -m benchmarks.maml_speed                       # every configuration
   python -m benchmarks.maml_speed --configs=sinusoid_1step,omniglot_strided
   python -m benchmarks.maml_speed --run_one=omniglot_maxpool   # one config, JSON line
+  python -m benchmarks.maml_speed --configs=omniglot_strided,omniglot_maxpool --tasks_per_chunk=4
 """
 
 import json
@@ -36,11 +37,14 @@ _RUN_ONE = flags.DEFINE_string("run_one", None, "Run one configuration in this p
 _ITERATIONS = flags.DEFINE_integer("iterations", 0, "Timed iterations (0: a default per config).")
 _PEER = flags.DEFINE_bool("peer", True, "Also run learn2learn when it is importable.")
 _CONV_IMPL = flags.DEFINE_enum("conv_impl", "patches", ["patches", "xla"], "Conv4 convolutions (metalax).")
+_TASKS_PER_CHUNK = flags.DEFINE_integer(
+    "tasks_per_chunk", 0, "metalax meta-gradient over chunks of this many tasks (train_step(tasks_per_chunk=...)); "
+    "0: the whole meta-batch at once. Must divide the meta-batch of every config run.")
 
 PEER_SCRIPT = os.path.join(os.path.dirname(__file__), "peer_learn2learn.py")
 
 
-def build(name, conv_impl="patches"):
+def build(name, conv_impl="patches", tasks_per_chunk=0):
   """(jitted step, meta_params, opt_state, episodes, num_params) for one configuration."""
   import jax
   import jax.numpy as jnp
@@ -68,17 +72,17 @@ def build(name, conv_impl="patches"):
                               num_steps=num_steps)
   optimizer = optax.adam(1e-3)
   meta_params = learner.init(params)
-  step = jax.jit(metalax.meta.train_step(learner, optimizer))
+  step = jax.jit(metalax.meta.train_step(learner, optimizer, tasks_per_chunk=tasks_per_chunk or None))
   num_params = sum(x.size for x in jax.tree.leaves(params))
   return step, meta_params, optimizer.init(meta_params), episodes, num_params
 
 
-def run_one(name, iterations, conv_impl="patches"):
+def run_one(name, iterations, conv_impl="patches", tasks_per_chunk=0):
   """Times one configuration in metalax; returns the JSON record."""
   import jax
   import numpy as np
 
-  step, meta_params, opt_state, episodes, num_params = build(name, conv_impl)
+  step, meta_params, opt_state, episodes, num_params = build(name, conv_impl, tasks_per_chunk)
   iterations = iterations or (2000 if name.startswith("sinusoid") else 10)
   begin = time.perf_counter()
   compiled = step.lower(meta_params, opt_state, episodes).compile()
@@ -94,15 +98,17 @@ def run_one(name, iterations, conv_impl="patches"):
     begin = time.perf_counter()
     meta_params, opt_state, _ = jax.block_until_ready(step(meta_params, opt_state, episodes))
     times.append(time.perf_counter() - begin)
+  peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before sampling's own arrays
   record = {}
   if not name.startswith("sinusoid"):  # episode sampling on device, as experiments.fewshot does it
     record = time_sampling(CONFIGS[name], min(iterations, 20))
   return record | {"impl": "metalax", "config": name, "ms_per_iteration": 1e3 * float(np.median(times)),
           "ms_per_iteration_min": 1e3 * float(np.min(times)), "compile_s": compile_s,
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+          "peak_rss_mb": peak_rss_mb, "tasks_per_chunk": tasks_per_chunk,
           "num_params": int(num_params), "jax": jax.__version__, "iterations": iterations,
           "device": str(jax.devices()[0].device_kind), "conv_impl": conv_impl,
-          "gflop_per_iteration": float(cost.get("flops", float("nan"))) / 1e9,
+          # XLA counts a scan's body once, so chunked steps report no total.
+          "gflop_per_iteration": float(cost.get("flops", float("nan"))) / 1e9 if not tasks_per_chunk else None,
           "device_peak_mb": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20}
 
 
@@ -150,7 +156,7 @@ def peer_available():
 def main(argv):
   del argv
   if _RUN_ONE.value:
-    print(json.dumps(run_one(_RUN_ONE.value, _ITERATIONS.value, _CONV_IMPL.value)))
+    print(json.dumps(run_one(_RUN_ONE.value, _ITERATIONS.value, _CONV_IMPL.value, _TASKS_PER_CHUNK.value)))
     return
   unknown = [c for c in _CONFIGS.value if c not in CONFIGS]
   if unknown:
@@ -161,7 +167,8 @@ def main(argv):
   rows = []
   for name in _CONFIGS.value:
     ours = subprocess_json([sys.executable, "-m", "benchmarks.maml_speed", f"--run_one={name}",
-                            f"--iterations={_ITERATIONS.value}", f"--conv_impl={_CONV_IMPL.value}"])
+                            f"--iterations={_ITERATIONS.value}", f"--conv_impl={_CONV_IMPL.value}",
+                            f"--tasks_per_chunk={_TASKS_PER_CHUNK.value}"])
     peer = subprocess_json([sys.executable, PEER_SCRIPT, "--config", name]) if with_peer else {}
     rows.append((name, ours, peer))
     print(json.dumps(ours))

@@ -92,6 +92,20 @@ def with_precision(learner: Any, config: Any) -> Any:
   return parallel.with_precision(learner, run_settings(config)["precision"])
 
 
+def meta_train_step(learner: Any, optimizer: Any, config: Any, mesh: jax.sharding.Mesh | None) -> Any:
+  """The meta-training step ``config`` asks for: ``config.precision``, the batch split over ``mesh`` (from
+  :func:`make_mesh`) and ``config.tasks_per_chunk`` (0: the whole meta-batch at once).
+
+  Raises:
+    ValueError: if ``tasks_per_chunk`` is negative or does not divide ``config.meta_batch_size``.
+  """
+  chunk = config.tasks_per_chunk
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0 or (chunk and config.meta_batch_size % chunk):
+    raise ValueError(f"--config.tasks_per_chunk must be 0 (whole batch) or a divisor of meta_batch_size="
+                     f"{config.meta_batch_size}, got {chunk!r}.")
+  return parallel.train_step(with_precision(learner, config), optimizer, mesh, tasks_per_chunk=chunk or None)
+
+
 def is_main_process() -> bool:
   """True on the process that writes files (the only one, or process 0 of several)."""
   return jax.process_index() == 0

@@ -233,7 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     params = load_init_encoder(config, params)
   optimizer = optax.adam(learning_rate(config))
   mesh = common.make_mesh(config, config.meta_batch_size)
-  train_step = metalax.parallel.train_step(common.with_precision(learner, config), optimizer, mesh)
+  train_step = common.meta_train_step(learner, optimizer, config, mesh)
 
   def step(state, key, train_images):
     episodes = as_float(metalax.sample_episodes(key, train_images, config.meta_batch_size, *train_counts))

@@ -85,10 +85,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def train(name: str, config: ml_collections.ConfigDict, workdir: str, apply_fn, params, key_train):
   """Meta-trains one learner, resuming from ``workdir/name/checkpoints``; returns its meta-parameters."""
-  learner = common.with_precision(make_learner(name, config, apply_fn), config)
+  learner = make_learner(name, config, apply_fn)
   optimizer = optax.adam(config.outer_lr)
   mesh = common.make_mesh(config, config.meta_batch_size)
-  train_step = metalax.parallel.train_step(learner, optimizer, mesh)
+  train_step = common.meta_train_step(learner, optimizer, config, mesh)
 
   def step(state, key, data):
     del data  # sinusoid tasks are sampled from the key alone

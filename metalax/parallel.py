@@ -147,7 +147,8 @@ def local_copy(tree: Any) -> Any:
   return jax.tree.map(_local_copy, tree)
 
 
-def train_step(learner: base.MetaLearner, optimizer: optax.GradientTransformation, mesh: Mesh | None
+def train_step(learner: base.MetaLearner, optimizer: optax.GradientTransformation, mesh: Mesh | None, *,
+               tasks_per_chunk: int | None = None
                ) -> Callable[[Any, optax.OptState, Any], tuple[Any, optax.OptState, base.Aux]]:
   """:func:`metalax.meta.train_step` with the ``[B]`` episodes split across ``mesh``.
 
@@ -155,13 +156,15 @@ def train_step(learner: base.MetaLearner, optimizer: optax.GradientTransformatio
     learner: any :class:`~metalax.meta.MetaLearner`.
     optimizer: the outer optimizer.
     mesh: from :func:`data_mesh`; None for one device (the plain step).
+    tasks_per_chunk: episodes per chunk of the meta-gradient, see
+      :func:`metalax.meta.train_step`.
 
   Returns:
     ``step(meta_params, opt_state, episodes) -> (meta_params, opt_state,
     metrics)``, to wrap in ``jax.jit``; ``meta_params`` and ``opt_state`` stay
     replicated.
   """
-  step = base.train_step(learner, optimizer)
+  step = base.train_step(learner, optimizer, tasks_per_chunk=tasks_per_chunk)
 
   def sharded(meta_params, opt_state, episodes):
     meta_params, opt_state, metrics = step(meta_params, opt_state, shard_batch(episodes, mesh))

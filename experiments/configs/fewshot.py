@@ -66,6 +66,7 @@ def get_config(preset: str = "protonet_5w1s") -> ml_collections.ConfigDict:
   config.test_num_shots = 0
   config.test_num_queries = 0
   config.meta_batch_size = 32
+  config.tasks_per_chunk = 0          # meta-gradient over chunks of this many tasks (less memory); 0: all at once
   # Gradient-based learners.
   config.inner_lr = 0.4
   config.num_steps = 1

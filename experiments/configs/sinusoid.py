@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_shots = 10            # K support points per task
   config.num_queries = 10          # query points per task during meta-training
   config.meta_batch_size = 25
+  config.tasks_per_chunk = 0          # meta-gradient over chunks of this many tasks (less memory); 0: all at once
   config.hidden = (40, 40)
   config.outer_lr = 1e-3
   config.inner_lr = 0.01           # also Meta-SGD's initial rate

@@ -132,28 +132,65 @@ def batch_loss(learner: MetaLearner) -> Callable[[MetaParams, Episode], tuple[ja
   return loss
 
 
-def train_step(learner: MetaLearner, optimizer: optax.GradientTransformation
+def train_step(learner: MetaLearner, optimizer: optax.GradientTransformation, *,
+               tasks_per_chunk: int | None = None
                ) -> Callable[[MetaParams, optax.OptState, Episode], tuple[MetaParams, optax.OptState, Aux]]:
   """One meta-training step on a batch of episodes, with any optax optimizer.
+
+  With ``tasks_per_chunk=c`` the ``[B]`` episodes are processed ``c`` at a
+  time (``B / c`` chunks under ``lax.scan``, each vmapped, gradients
+  accumulated), so the activations kept for the meta-gradient are those of
+  ``c`` tasks instead of ``B``: peak memory falls roughly ``B / c``-fold, and on
+  CPU the smaller working set is often faster too (BUILD_NOTES.md, "Task
+  chunks"). The result equals the whole-batch step up to float rounding. Chunk
+  ``i`` holds episodes ``i, i + B/c, i + 2B/c, ...``, so a batch sharded over
+  devices along ``B`` stays spread over all of them in every chunk.
 
   Args:
     learner: any :class:`MetaLearner`.
     optimizer: the outer (meta) optimizer.
+    tasks_per_chunk: episodes per chunk, dividing the meta-batch size; None
+      for the whole batch at once.
 
   Returns:
     ``step(meta_params, opt_state, episodes) -> (meta_params, opt_state, metrics)``,
     a pure function to wrap in ``jax.jit``; ``metrics`` holds the batch means
     of the query metrics after adaptation and ``"objective"``.
 
+  Raises:
+    ValueError: if ``tasks_per_chunk`` is not a positive integer, or (when the
+      step is traced) does not divide the meta-batch size.
+
   Example:
     >>> optimizer = optax.adam(1e-3)
     >>> step = jax.jit(metalax.meta.train_step(learner, optimizer))
     >>> meta_params, opt_state, metrics = step(meta_params, opt_state, episodes)
   """
+  if tasks_per_chunk is not None and (not isinstance(tasks_per_chunk, int) or tasks_per_chunk < 1):
+    raise ValueError(f"tasks_per_chunk must be a positive int or None, got {tasks_per_chunk!r}.")
   grad_fn = jax.value_and_grad(batch_loss(learner), has_aux=True)
 
+  def chunked_grad_fn(meta_params, episodes):
+    check_episode(episodes, batch_dims=1)
+    num_tasks = jax.tree.leaves(episodes)[0].shape[0]
+    if num_tasks % tasks_per_chunk:
+      raise ValueError(f"tasks_per_chunk={tasks_per_chunk} must divide the meta-batch size, got {num_tasks} "
+                       "episodes.")
+    num_chunks = num_tasks // tasks_per_chunk
+    chunks = jax.tree.map(
+        lambda x: jnp.swapaxes(x.reshape((tasks_per_chunk, num_chunks) + x.shape[1:]), 0, 1), episodes)
+
+    def accumulate(total, chunk):
+      return jax.tree.map(jnp.add, total, grad_fn(meta_params, chunk)), None
+
+    (objective, aux), grads = jax.eval_shape(grad_fn, meta_params, jax.tree.map(lambda x: x[0], chunks))
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), ((objective, aux), grads))
+    total, _ = jax.lax.scan(accumulate, zeros, chunks)
+    return jax.tree.map(lambda x: x / num_chunks, total)
+
   def step(meta_params: MetaParams, opt_state: optax.OptState, episodes: Episode):
-    (objective, aux), grads = grad_fn(meta_params, episodes)
+    fn = grad_fn if tasks_per_chunk is None else chunked_grad_fn
+    (objective, aux), grads = fn(meta_params, episodes)
     updates, opt_state = optimizer.update(grads, opt_state, meta_params)
     meta_params = optax.apply_updates(meta_params, updates)
     return meta_params, opt_state, {**aux, "objective": objective}

@@ -188,6 +188,34 @@ def test_train_step_compiles_once_and_learns():
   assert float(metrics["loss"]) < float(first)
 
 
+@pytest.mark.parametrize("tasks_per_chunk", [1, 2])
+def test_task_chunks_give_the_whole_batch_step(tasks_per_chunk):
+  apply_fn, params = mlp_setup()
+  learner = meta.maml(apply_fn, metalax.losses.squared_error, inner_lr=0.1, num_steps=2)
+  optimizer = optax.sgd(0.05)  # not Adam, which would hide a wrongly scaled gradient
+  meta_params = learner.init(params)
+  opt_state = optimizer.init(meta_params)
+  episodes = metalax.data.sample_sinusoid(jax.random.key(3), 4, 5, 5)
+  whole = jax.jit(meta.train_step(learner, optimizer))(meta_params, opt_state, episodes)
+  chunked = jax.jit(meta.train_step(learner, optimizer, tasks_per_chunk=tasks_per_chunk))(
+      meta_params, opt_state, episodes)
+  assert_trees_close(chunked, whole, rtol=1e-5, atol=1e-6)
+  # Chunks are a different partition of the same tasks: an unequal update would show here.
+  assert not np.allclose(whole[0]["params"]["Dense_0"]["kernel"], meta_params["params"]["Dense_0"]["kernel"])
+
+
+def test_task_chunks_must_divide_the_meta_batch():
+  apply_fn, params = mlp_setup()
+  learner = meta.maml(apply_fn, metalax.losses.squared_error, inner_lr=0.1, num_steps=1)
+  optimizer = optax.sgd(0.1)
+  meta_params = learner.init(params)
+  episodes = metalax.data.sample_sinusoid(jax.random.key(3), 4, 5, 5)
+  with pytest.raises(ValueError, match="must divide the meta-batch size, got 4"):
+    meta.train_step(learner, optimizer, tasks_per_chunk=3)(meta_params, optimizer.init(meta_params), episodes)
+  with pytest.raises(ValueError, match="positive int"):
+    meta.train_step(learner, optimizer, tasks_per_chunk=0)
+
+
 def test_evaluate_before_and_after_adaptation():
   apply_fn, params = mlp_setup()
   episodes = metalax.data.sample_sinusoid(jax.random.key(10), 5, 10, 10)
