@@ -215,12 +215,14 @@ def make_trainer(problem: Problem, method: str, config: ml_collections.ConfigDic
 def train_seeds(problem: Problem, method: str, config: ml_collections.ConfigDict, num_tasks: int,
                 sample_batch: Callable[[jax.Array, Any], dict[str, jax.Array]], data: Any, data_axis: Any,
                 run_dir: str, key: jax.Array, desc: str,
-                on_checkpoint: Callable[[Any, int], dict[str, float]] | None = None) -> Any:
+                on_checkpoint: Callable[[Any, int], dict[str, float]] | None = None,
+                checkpoint_every: int | None = None) -> Any:
   """Trains ``num_seeds`` copies of ``method`` side by side; returns the state, leaves ``[S, ...]``.
 
   ``sample_batch(key, data) -> batch`` samples one seed's batch from its data
   (``data`` mapped over ``data_axis``: 0 where every seed has its own data, None where
-  they share it). Seed ``s`` is initialised from ``fold_in(key, s)``.
+  they share it). Seed ``s`` is initialised from ``fold_in(key, s)``. ``on_checkpoint``
+  runs every ``checkpoint_every`` iterations (default: only at the end).
   """
   init_state, step = make_trainer(problem, method, config, num_tasks)
   state = init_seeds(init_state, key, config.num_seeds)
@@ -238,7 +240,7 @@ def train_seeds(problem: Problem, method: str, config: ml_collections.ConfigDict
 
   return common.train_loop(all_seeds, state, data=data, key=jax.random.fold_in(key, 10_000),
                            num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
-                           checkpoint_every=config.num_iterations, run_dir=run_dir, desc=desc,
+                           checkpoint_every=checkpoint_every or config.num_iterations, run_dir=run_dir, desc=desc,
                            on_checkpoint=on_checkpoint, mesh=mesh, on_nan=common.run_settings(config)["on_nan"])
 
 
@@ -302,7 +304,15 @@ def mmoe_problem(name: str, mmoe: ml_collections.ConfigDict) -> Problem:
 
 
 def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Test MSE of each model and correlation, per seed; a plot against ``p``."""
+  """Training-loss curves, final training and test MSE of each model and correlation, per seed.
+
+  Every ``mmoe.eval_every`` iterations each seed's MSE (mean of the 2 tasks) on
+  the first ``mmoe.num_curve`` training examples is recorded (``curves.jsonl``
+  in the run directory, so a resumed run keeps the earlier points): the loss
+  curve of the paper's Figure 4, averaged over seeds, and its mean over the run
+  (the area under the curve, per seed). The final MSE on the whole training set
+  is the quantity of the paper's trainability histograms (Figure 5).
+  """
   mmoe = config.mmoe
   models = [m.strip() for m in mmoe.models.split(",") if m.strip()]
   results = {}
@@ -316,55 +326,103 @@ def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     splits = {split: jax.vmap(lambda k, i=i, n=n, p=p: mmoe_data(k, i, n, p, mmoe))(seed_keys)
               for i, (split, n) in enumerate(sizes.items())}
     data = {name: {"inputs": x, "labels": y} for name, (x, y) in splits.items()}
+    curve_data = jax.tree.map(lambda a: a[:, :mmoe.num_curve], data["train"])
     correlation = float(np.mean([np.corrcoef(y[:, 0], y[:, 1])[0, 1] for y in np.asarray(data["train"]["labels"])]))
     for model in models:
       problem = mmoe_problem(model, mmoe)
       losses = jax.jit(jax.vmap(lambda params, d, problem=problem: problem.task_losses(
           problem.decode(params, d["inputs"]), d["labels"])))
+      run_dir = os.path.join(workdir, f"p{p:g}", model)
+      curve_path = os.path.join(run_dir, "curves.jsonl")
 
-      def validate(state, iteration, losses=losses, valid=data["valid"]):
-        del iteration
-        return {"valid_mse": float(jnp.mean(losses(state["params"]["model"], valid)))}
+      def evaluate(state, iteration, losses=losses, curve_path=curve_path, curve_data=curve_data,
+                   valid_data=data["valid"]):
+        params = state["params"]["model"]
+        train = np.asarray(losses(params, curve_data)).mean(1)  # [S]
+        valid = np.asarray(losses(params, valid_data)).mean(1)
+        common.append_jsonl(curve_path, {"step": iteration, "train_mse": train.tolist(), "valid_mse": valid.tolist()})
+        return {"train_mse": float(train.mean()), "valid_mse": float(valid.mean())}
 
+      if not os.path.exists(os.path.join(run_dir, "checkpoints")) and os.path.exists(curve_path):
+        os.remove(curve_path)  # a fresh run: drop the curve of an earlier, unfinished one
       state = train_seeds(problem, "equal", config, 2, random_batch(config.batch_size), data["train"], 0,
-                          os.path.join(workdir, f"p{p:g}", model), jax.random.key(config.seed + 1),
-                          desc=f"{model} p={p:g}", on_checkpoint=validate)
+                          run_dir, jax.random.key(config.seed + 1), desc=f"{model} p={p:g}",
+                          on_checkpoint=evaluate, checkpoint_every=mmoe.eval_every)
       test = np.asarray(losses(state["params"]["model"], data["test"]))  # [S, 2]
       train = np.asarray(losses(state["params"]["model"], data["train"]))
+      steps, curve = read_curve(curve_path, config.num_iterations)  # [K], [K, S]
       results.setdefault(model, {})[f"{p:g}"] = {
           "test_mse": test.mean(1).tolist(), "test_mse_per_task": test.tolist(), "train_mse": train.mean(1).tolist(),
+          "curve_steps": steps, "curve_train_mse": curve.tolist(), "mean_train_mse": curve.mean(0).tolist(),
           "label_correlation": correlation}
   plot_mmoe(os.path.join(workdir, "mmoe.png"), results, config)
   print(mmoe_table(results, config))
   return results
 
 
+def read_curve(path: str, last_step: int) -> tuple[list[int], np.ndarray]:
+  """``(steps [K], values [K, S])`` of a ``curves.jsonl``; a step recorded twice (a resumed run) keeps its last record."""
+  by_step = {}
+  for line in open(path):
+    record = json.loads(line)
+    if record["step"] <= last_step:
+      by_step[record["step"]] = record["train_mse"]
+  steps = sorted(by_step)
+  return steps, np.array([by_step[s] for s in steps])
+
+
 def mmoe_table(results: dict[str, Any], config: ml_collections.ConfigDict) -> str:
   ps = [f"{p:g}" for p in config.mmoe.correlations]
-  rows = [f"MMoE synthetic benchmark: MSE (mean of the 2 tasks) on the training and the test set, mean +- std "
-          f"over {config.num_seeds} seeds", f"{'model':<15}{'set':<6}" + "".join(f"{'p=' + p:>18}" for p in ps)]
-  for model, by_p in results.items():
-    for split in ("train", "test"):
-      rows.append(f"{model:<15}{split:<6}" + "".join(
-          f"{np.mean(by_p[p][split + '_mse']):>10.4f} +- {np.std(by_p[p][split + '_mse']):.4f}" for p in ps))
+  rows = [f"MMoE synthetic benchmark, {config.num_iterations} iterations: MSE (mean of the 2 tasks), mean +- std over "
+          f"{config.num_seeds} seeds; 'curve' = training MSE averaged over the run (area under the loss curve)",
+          f"{'model':<15}{'measure':<12}" + "".join(f"{'p=' + p:>20}" for p in ps) + f"{'change':>10}"]
+  first = next(iter(results.values()))
+  rows.append(f"{'(labels)':<15}{'corr.':<12}" + "".join(f"{first[p]['label_correlation']:>20.2f}" for p in ps))
+  for key, name in (("mean_train_mse", "curve"), ("train_mse", "final train"), ("test_mse", "final test")):
+    for model, by_p in results.items():
+      means = [np.mean(by_p[p][key]) for p in ps]
+      change = 100 * (means[-1] / means[0] - 1)  # from the first correlation (p=1) to the last
+      rows.append(f"{model:<15}{name:<12}" + "".join(
+          f"{np.mean(by_p[p][key]):>11.4f} +- {np.std(by_p[p][key]):.4f}" for p in ps) + f"{change:>+9.0f}%")
   return "\n".join(rows)
 
 
 def plot_mmoe(path: str, results: dict[str, Any], config: ml_collections.ConfigDict) -> None:
-  ps = np.array(config.mmoe.correlations, dtype=float)
-  fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
-  for ax, split in zip(axes, ("train", "test")):
-    for model, by_p in results.items():
-      values = np.array([by_p[f"{p:g}"][f"{split}_mse"] for p in ps])  # [P, S]
-      ax.errorbar(ps, values.mean(1), yerr=values.std(1), marker="o", capsize=3, label=model)
-    ax.set_xlabel("task correlation p")
-    ax.set_ylabel(f"{split} MSE (mean of 2 tasks)")
-    ax.set_title(f"{split} set, mean +- std over {config.num_seeds} seeds")
-    ax.invert_xaxis()
+  """Top: the mean training-loss curve of each model per correlation (paper Fig. 4); bottom: histograms of the
+  seeds' final training MSE per correlation (paper Fig. 5)."""
+  ps = [f"{p:g}" for p in config.mmoe.correlations]
+  models = list(results)
+  width = max(len(models), len(ps))
+  fig, axes = plt.subplots(2, width, figsize=(4.0 * width, 7.2), squeeze=False)
+  colors = {p: f"C{i}" for i, p in enumerate(ps)}
+  high = max(np.mean(results[m][p]["curve_train_mse"], axis=1)[len(results[m][p]["curve_steps"]) // 10]
+             for m in models for p in ps)
+  for ax, model in zip(axes[0], models):
+    for p in ps:
+      r = results[model][p]
+      ax.plot(r["curve_steps"], np.mean(r["curve_train_mse"], axis=1), color=colors[p], label=f"p={p}")
+    ax.set_ylim(0, high)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("training MSE (mean over seeds)")
+    ax.set_title(model)
     ax.legend(fontsize=8)
-  fig.suptitle(f"MMoE synthetic benchmark (Ma et al. 2018), {config.num_iterations} iterations")
+  finals = np.concatenate([results[m][p]["train_mse"] for m in models for p in ps])
+  bins = np.linspace(finals.min(), np.quantile(finals, 0.99), 30)
+  for ax, p in zip(axes[1], ps):
+    for i, model in enumerate(models):
+      values = np.asarray(results[model][p]["train_mse"])
+      ax.hist(np.clip(values, None, bins[-1]), bins=bins, histtype="step", linewidth=1.5, color=f"C{i}",
+              label=f"{model} (std {values.std():.3f})")
+    ax.set_xlabel("final training MSE")
+    ax.set_ylabel("runs")
+    ax.set_title(f"p={p}: final loss of {config.num_seeds} runs")
+    ax.legend(fontsize=7)
+  for ax in list(axes[0, len(models):]) + list(axes[1, len(ps):]):
+    ax.axis("off")
+  fig.suptitle(f"MMoE synthetic benchmark (Ma et al. 2018), {config.num_iterations} iterations, "
+               f"{config.num_seeds} runs (new data, task pair and initialisation each)")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
 
 
@@ -381,10 +439,27 @@ def toy_tasks(key: jax.Array, toy: ml_collections.ConfigDict):
   return b, eps, sigmas
 
 
-def toy_batch(key: jax.Array, tasks, num_examples: int, input_dim: int) -> dict[str, jax.Array]:
-  """Inputs ``x ~ N(0, I)`` ``[n, in]`` and targets ``sigma_t tanh((B + eps_t) x)`` ``[n, T, out]``."""
+TOY_INPUTS = ("normal", "unit_uniform")
+
+
+def toy_batch(key: jax.Array, tasks, num_examples: int, input_dim: int, inputs: str = "unit_uniform"
+              ) -> dict[str, jax.Array]:
+  """Inputs ``x`` ``[n, in]`` and targets ``sigma_t tanh((B + eps_t) x)`` ``[n, T, out]``.
+
+  ``inputs="unit_uniform"``: ``x ~ U(-1, 1)^in`` scaled to unit norm (the
+  input of the public PyTorch reimplementation ``brianlan/pytorch-grad-norm``;
+  the paper does not give it), so the pre-activations ``(B + eps_t) x`` have a
+  standard deviation of about ``sqrt(b_std^2 + eps_std^2)``; ``"normal"``:
+  ``x ~ N(0, I)``, pre-activations ``sqrt(in)`` times larger.
+  """
   b, eps, sigmas = tasks
-  x = jax.random.normal(key, (num_examples, input_dim))
+  if inputs == "normal":
+    x = jax.random.normal(key, (num_examples, input_dim))
+  elif inputs == "unit_uniform":
+    x = jax.random.uniform(key, (num_examples, input_dim), minval=-1.0, maxval=1.0)
+    x = x / jnp.linalg.norm(x, axis=1, keepdims=True)
+  else:
+    raise ValueError(f"toy inputs must be one of {', '.join(TOY_INPUTS)}, got {inputs!r}.")
   y = sigmas[:, None, None] * jnp.tanh(jnp.einsum("toi,ni->tno", b + eps, x))
   return {"inputs": x, "labels": jnp.moveaxis(y, 0, 1)}
 
@@ -403,28 +478,44 @@ def toy_problem(toy: ml_collections.ConfigDict) -> Problem:
 
 
 def run_gradnorm(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Per-task test loss ratios ``L_i(end) / L_i(0)`` and the weights of every method."""
+  """Per-task test loss ratios ``L_i(t) / L_i(0)`` during and after training, and the weights of every method.
+
+  Every ``toy.eval_every`` iterations the test loss ratios (mean over seeds) and
+  the paper's task-normalised test loss ``sum_i L_i(t) / L_i(0)`` are logged.
+  """
   toy = config.toy
   methods = parse_methods(config, toy.num_tasks)
   tasks = toy_tasks(jax.random.key(config.seed + 7), toy)
-  test = toy_batch(jax.random.key(config.seed + 8), tasks, toy.num_test, toy.input_dim)
+  test = toy_batch(jax.random.key(config.seed + 8), tasks, toy.num_test, toy.input_dim, toy.inputs)
   problem = toy_problem(toy)
   test_losses = jax.jit(jax.vmap(lambda params: problem.task_losses(problem.decode(params, test["inputs"]),
                                                                     test["labels"])))
-  sample = lambda key, data: toy_batch(key, data, config.batch_size, toy.input_dim)
+  sample = lambda key, data: toy_batch(key, data, config.batch_size, toy.input_dim, toy.inputs)
   results = {}
   for method in methods:
     key = jax.random.key(config.seed)
     init_state, _ = make_trainer(problem, method, config, toy.num_tasks)
     initial = np.asarray(test_losses(init_seeds(init_state, key, config.num_seeds)["params"]["model"]))
+
+    def evaluate(state, iteration, initial=initial):
+      del iteration
+      ratios = np.asarray(test_losses(state["params"]["model"])) / initial  # [S, T]
+      return {"test_normalized_loss": float(ratios.sum(1).mean()),
+              **{f"test_ratio_{t}": float(ratios[:, t].mean()) for t in range(toy.num_tasks)}}
+
     run_dir = os.path.join(workdir, method)
-    state = train_seeds(problem, method, config, toy.num_tasks, sample, tasks, None, run_dir, key, desc=method)
+    state = train_seeds(problem, method, config, toy.num_tasks, sample, tasks, None, run_dir, key, desc=method,
+                        on_checkpoint=evaluate, checkpoint_every=toy.eval_every)
     final = np.asarray(test_losses(state["params"]["model"]))  # [S, T]
     ratios = final / initial
     records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     weights = [[r.get(f"weight_{t}", np.nan) for t in range(toy.num_tasks)] for r in records]
+    evaluated = [r for r in records if "test_normalized_loss" in r]
     results[method] = {"loss_ratio": ratios.tolist(), "test_loss": final.tolist(),
-                       "steps": [r["step"] for r in records], "weights": weights}
+                       "steps": [r["step"] for r in records], "weights": weights,
+                       "eval_steps": [r["step"] for r in evaluated],
+                       "test_ratio_curve": [[r[f"test_ratio_{t}"] for t in range(toy.num_tasks)] for r in evaluated],
+                       "test_normalized_loss_curve": [r["test_normalized_loss"] for r in evaluated]}
   plot_gradnorm(os.path.join(workdir, "gradnorm.png"), results, np.asarray(tasks[2]), config)
   print(gradnorm_table(results, np.asarray(tasks[2]), config))
   return results
@@ -436,21 +527,28 @@ def balance(ratios: np.ndarray) -> float:
 
 
 def gradnorm_table(results: dict[str, Any], sigmas: np.ndarray, config: ml_collections.ConfigDict) -> str:
-  rows = [f"GradNorm toy problem, T={len(sigmas)} tasks, sigma {sigmas[0]:g}..{sigmas[-1]:g}: test loss ratio "
-          f"L_i(end)/L_i(0), mean over {config.num_seeds} seeds",
-          f"{'method':<13}{'sigma=' + format(sigmas[0], 'g'):>12}{'sigma=' + format(sigmas[len(sigmas) // 2], '.3g'):>13}"
-          f"{'sigma=' + format(sigmas[-1], 'g'):>12}{'max/min':>10}{'mean':>9}"]
+  """Mean over seeds of the ratios at three sigmas; max/min and sum_i L_i/L_i(0) (the paper's task-normalised
+  test loss) per seed, mean +- std over seeds."""
+  mid = len(sigmas) // 2
+  rows = [f"GradNorm toy problem, T={len(sigmas)} tasks, sigma {sigmas[0]:g}..{sigmas[-1]:g}, "
+          f"{config.num_iterations} iterations: test loss ratio L_i(end)/L_i(0), mean over {config.num_seeds} seeds; "
+          f"max/min and sum over tasks per seed, mean +- std",
+          f"{'method':<13}{'sigma=' + format(sigmas[0], 'g'):>12}{'sigma=' + format(sigmas[mid], '.3g'):>13}"
+          f"{'sigma=' + format(sigmas[-1], 'g'):>12}{'max/min':>16}{'sum_i L_i/L_i(0)':>20}"]
   for method, r in results.items():
-    ratios = np.mean(r["loss_ratio"], axis=0)
-    rows.append(f"{method:<13}{ratios[0]:>12.4f}{ratios[len(sigmas) // 2]:>13.4f}{ratios[-1]:>12.4f}"
-                f"{balance(ratios):>10.2f}{np.mean(ratios):>9.4f}")
+    per_seed = np.asarray(r["loss_ratio"])  # [S, T]
+    ratios = per_seed.mean(0)
+    spread = [balance(x) for x in per_seed]
+    total = per_seed.sum(1)
+    rows.append(f"{method:<13}{ratios[0]:>12.4f}{ratios[mid]:>13.4f}{ratios[-1]:>12.4f}"
+                f"{np.mean(spread):>9.2f} +- {np.std(spread):.2f}{np.mean(total):>13.3f} +- {np.std(total):.3f}")
   return "\n".join(rows)
 
 
 def plot_gradnorm(path: str, results: dict[str, Any], sigmas: np.ndarray, config: ml_collections.ConfigDict) -> None:
   weighted = [m for m in results if not np.all(np.isnan(results[m]["weights"]))
               and m not in ("equal",) and not m.startswith("single_")]
-  fig, axes = plt.subplots(1, len(weighted) + 1, figsize=(4.2 * (len(weighted) + 1), 3.6), squeeze=False)
+  fig, axes = plt.subplots(1, len(weighted) + 2, figsize=(4.2 * (len(weighted) + 2), 3.6), squeeze=False)
   axes = axes.ravel()
   colors = plt.cm.viridis(np.linspace(0, 1, len(sigmas)))
   for ax, method in zip(axes, weighted):
@@ -462,6 +560,13 @@ def plot_gradnorm(path: str, results: dict[str, Any], sigmas: np.ndarray, config
     ax.set_ylabel("task weight")
     ax.set_title(f"{method}: weights (mean over seeds)")
   axes[0].legend(fontsize=6, ncol=2)
+  ax = axes[-2]
+  for method, r in results.items():
+    ax.plot(r["eval_steps"], r["test_normalized_loss_curve"], label=method)
+  ax.set_xlabel("iteration")
+  ax.set_ylabel("sum_i L_i(t) / L_i(0) (test)")
+  ax.set_title("task-normalised test loss (mean over seeds)")
+  ax.legend(fontsize=8)
   ax = axes[-1]
   for method, r in results.items():
     ax.plot(sigmas, np.mean(r["loss_ratio"], axis=0), marker="o", label=method)
@@ -656,6 +761,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   common.require_float32(config, "mtl")
   if config.experiment == "gradnorm":
     parse_methods(config, config.toy.num_tasks)
+    if config.toy.inputs not in TOY_INPUTS:
+      raise ValueError(f"--config.toy.inputs must be one of {', '.join(TOY_INPUTS)}, got {config.toy.inputs!r}.")
   elif config.experiment == "multimnist":
     parse_methods(config, 2)
   else:

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -16,10 +17,12 @@ def tiny_config(preset, **overrides):
   config = mtl_config.get_config(preset)
   config.update(dict(num_seeds=2, num_iterations=20, steps_per_call=20, batch_size=16))
   config.mmoe.update(dict(correlations=(1.0, 0.5), num_train=200, num_valid=50, num_test=50, num_experts=2,
-                          expert_features=4, tower_features=4, shared_bottom_features=8))
-  config.toy.update(dict(num_tasks=3, input_dim=12, output_dim=4, hidden=8, num_layers=2, num_test=64))
+                          expert_features=4, tower_features=4, shared_bottom_features=8, eval_every=10, num_curve=100))
+  config.toy.update(dict(num_tasks=3, input_dim=12, output_dim=4, hidden=8, num_layers=2, num_test=64,
+                         eval_every=10))
   config.multimnist.update(dict(data_dir=MNIST_DIR, num_train=256, num_test=100, eval_batch_size=50,
                                 mlp_features=(16, 8)))
+  config.update(dict(steps_per_call=10))
   config.update(overrides)
   return config
 
@@ -34,8 +37,43 @@ def test_mmoe_benchmark(tmp_path):
     assert np.all(np.isfinite(by_p["0.5"]["test_mse"])) and len(by_p["0.5"]["test_mse"]) == 2
   # Label correlation follows p (the sinusoids keep it below p).
   assert results["mmoe"]["1"]["label_correlation"] > results["mmoe"]["0.5"]["label_correlation"]
-  for name in ("results.json", "mmoe.png", "run.json", "p0.5/mmoe/metrics.jsonl"):
+  # The training-loss curve: one point per seed every eval_every iterations; its mean over the run per seed.
+  r = results["shared_bottom"]["0.5"]
+  assert r["curve_steps"] == [10, 20]
+  curve = np.array(r["curve_train_mse"])
+  assert curve.shape == (2, 2) and np.all(curve > 0)
+  np.testing.assert_allclose(r["mean_train_mse"], curve.mean(0), rtol=1e-6)
+  assert not np.allclose(curve[0], curve[1])  # training moved the loss
+  table = mtl.mmoe_table(results, config)
+  assert "curve" in table and "final test" in table
+  for name in ("results.json", "mmoe.png", "run.json", "p0.5/mmoe/metrics.jsonl", "p0.5/mmoe/curves.jsonl"):
     assert os.path.exists(tmp_path / name), name
+
+
+def test_read_curve_keeps_the_last_record_of_a_step(tmp_path):
+  path = tmp_path / "curves.jsonl"
+  lines = [{"step": 10, "train_mse": [1.0, 2.0]}, {"step": 20, "train_mse": [3.0, 4.0]},
+           {"step": 20, "train_mse": [5.0, 6.0]}, {"step": 30, "train_mse": [7.0, 8.0]}]  # 20 again: a resumed run
+  path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+  steps, values = mtl.read_curve(str(path), last_step=20)
+  assert steps == [10, 20]
+  np.testing.assert_array_equal(values, [[1.0, 2.0], [5.0, 6.0]])
+
+
+def test_presets_change_only_their_own_nested_fields():
+  assert mtl_config.get_config("mmoe").mmoe.shared_bottom_features == 113
+  assert mtl_config.get_config("gradnorm").mmoe.shared_bottom_features == 128
+
+
+def test_toy_inputs():
+  tasks = mtl.toy_tasks(jax.random.key(0), tiny_config("gradnorm").toy)
+  unit = mtl.toy_batch(jax.random.key(1), tasks, 32, 12, "unit_uniform")
+  np.testing.assert_allclose(np.linalg.norm(unit["inputs"], axis=1), 1.0, rtol=1e-5)
+  assert unit["labels"].shape == (32, 3, 4)
+  normal = mtl.toy_batch(jax.random.key(1), tasks, 32, 12, "normal")
+  assert np.linalg.norm(normal["inputs"], axis=1).mean() > 2.0  # ~sqrt(12)
+  with pytest.raises(ValueError, match="toy inputs"):
+    mtl.toy_batch(jax.random.key(1), tasks, 32, 12, "uniform")
 
 
 def test_gradnorm_toy(tmp_path):
@@ -46,6 +84,12 @@ def test_gradnorm_toy(tmp_path):
   np.testing.assert_allclose(gradnorm_weights.sum(1), 3.0, rtol=1e-4)  # renormalised to sum to T
   assert np.array(results["gradnorm"]["loss_ratio"]).shape == (2, 3)
   assert np.all(np.isnan(results["pcgrad"]["weights"]))  # aggregators log no weights
+  # The task-normalised test loss sum_i L_i(t)/L_i(0) every eval_every iterations; the last one is the final state's.
+  for r in results.values():
+    assert r["eval_steps"] == [10, 20]
+    assert np.array(r["test_ratio_curve"]).shape == (2, 3)
+    np.testing.assert_allclose(r["test_normalized_loss_curve"][-1], np.sum(r["loss_ratio"], axis=1).mean(), rtol=1e-4)
+  assert "sum_i L_i/L_i(0)" in mtl.gradnorm_table(results, np.ones(3), config)
   assert os.path.exists(tmp_path / "gradnorm.png")
 
 
@@ -82,3 +126,10 @@ def test_multimnist_images():
 def test_bad_config_raises(tmp_path, overrides, match):
   with pytest.raises(ValueError, match=match):
     mtl.train_and_evaluate(tiny_config("gradnorm", **overrides), str(tmp_path))
+
+
+def test_bad_toy_inputs_raise(tmp_path):
+  config = tiny_config("gradnorm")
+  config.toy.inputs = "uniform"
+  with pytest.raises(ValueError, match="toy.inputs"):
+    mtl.train_and_evaluate(config, str(tmp_path))
