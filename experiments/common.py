@@ -375,6 +375,28 @@ def _leaves_by_path(tree: Any) -> dict[str, Any]:
   return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
 
 
+def restore_latest(directory: str, abstract: Any, what: str) -> Any:
+  """The latest orbax checkpoint in ``directory``, restored into ``abstract`` (a tree of shape-dtype structs).
+
+  Args:
+    directory: a checkpoint manager's directory (``<step>/`` subfolders).
+    abstract: the tree to restore, e.g. ``{"params": ...}`` of ``jax.ShapeDtypeStruct``.
+    what: names the checkpoint in errors, e.g. ``"--config.init_encoder=DIR"``.
+
+  Raises:
+    FileNotFoundError: if ``directory`` holds no checkpoint.
+    ValueError: if the checkpoint's array names or shapes are not those of ``abstract``.
+  """
+  manager = checkpoint_manager(directory, max_to_keep=1) if os.path.isdir(directory) else None
+  step = manager.latest_step() if manager is not None else None
+  if step is None:
+    raise FileNotFoundError(f"{what}: no checkpoint in {directory}.")
+  mismatch = checkpoint_mismatch(os.path.join(directory, str(step)), abstract)
+  if mismatch:
+    raise ValueError(f"{what}: the checkpoint in {directory} is not this model's: {mismatch}.")
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
 def checkpoint_mismatch(directory: str, abstract: Any) -> str | None:
   """How the checkpoint in ``directory`` differs from ``abstract`` in names or shapes, or None.
 

@@ -161,23 +161,21 @@ def load_init_encoder(config: ml_collections.ConfigDict, params: Any) -> Any:
       ``backbone``, ``norm``, or its array names and shapes) is not the
       configured backbone.
   """
-  directory = os.path.join(config.init_encoder, "encoder")
-  manager = common.checkpoint_manager(directory, max_to_keep=1) if os.path.isdir(directory) else None
-  step = manager.latest_step() if manager is not None else None
-  if step is None:
-    raise FileNotFoundError(f"--config.init_encoder={config.init_encoder}: no encoder checkpoint in {directory} "
-                            "(expected the workdir of an experiments.representation run).")
   fields = ("hidden", "backbone", "norm")
-  wanted = ", ".join(f"{f}={config[f]}" for f in fields)
   run_path = os.path.join(config.init_encoder, "run.json")
   stored = json.load(open(run_path)).get("config", {}) if os.path.exists(run_path) else {}
-  found = ", ".join(f"{f}={stored.get(f, '?')}" for f in fields)
+  what = f"--config.init_encoder={config.init_encoder} (expected the workdir of an experiments.representation run)"
   abstract = {"params": jax.tree.map(common.ocp.utils.to_shape_dtype_struct, params)}
-  mismatch = common.checkpoint_mismatch(os.path.join(directory, str(step)), abstract)
+  try:
+    restored, mismatch = common.restore_latest(os.path.join(config.init_encoder, "encoder"), abstract, what), None
+  except ValueError as error:
+    restored, mismatch = None, error
   if mismatch or any(f in stored and stored[f] != config[f] for f in fields):
+    found = ", ".join(f"{f}={stored.get(f, '?')}" for f in fields)
+    wanted = ", ".join(f"{f}={config[f]}" for f in fields)
     raise ValueError(f"--config.init_encoder={config.init_encoder}: its encoder ({found}) is not the configured "
-                     f"backbone ({wanted}){': ' + mismatch if mismatch else ''}.")
-  return manager.restore(step, args=common.ocp.args.StandardRestore(abstract))["params"]
+                     f"backbone ({wanted}){': ' + str(mismatch) if mismatch else ''}.")
+  return restored["params"]
 
 
 def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:

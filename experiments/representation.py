@@ -305,12 +305,7 @@ def load_encoder(workdir: str, config: ml_collections.ConfigDict, image_shape=(2
   """The encoder params saved in ``workdir/encoder/`` (as ``{"params": ...}``), shaped by ``config``'s encoder."""
   encoder = make_encoder(config)
   abstract = jax.eval_shape(lambda: {"params": encoder.init(jax.random.key(0), jnp.zeros((2, *image_shape)))["params"]})
-  manager = common.checkpoint_manager(os.path.join(workdir, "encoder"), max_to_keep=1)
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"no encoder checkpoint in {workdir}/encoder.")
-  restored = manager.restore(step, args=common.ocp.args.StandardRestore(abstract))
-  return restored["params"]
+  return common.restore_latest(os.path.join(workdir, "encoder"), abstract, f"encoder of {workdir}")["params"]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
