@@ -105,6 +105,13 @@ def train(name: str, config: ml_collections.ConfigDict, workdir: str, apply_fn, 
   return metalax.parallel.local_copy(state["meta_params"])
 
 
+def validation_mse(learner: meta.MetaLearner, meta_params, episodes, num_steps: int) -> float:
+  """Mean query MSE after ``num_steps`` inner steps; inf where fine-tuning diverged (a NaN or inf loss)."""
+  metrics = jax.jit(meta.evaluate(learner, num_steps=(num_steps,)))(meta_params, episodes)
+  losses = np.asarray(metrics["loss"][0], np.float64)
+  return float(losses.mean()) if np.all(np.isfinite(losses)) else float("inf")
+
+
 def evaluate(learner: meta.MetaLearner, meta_params, episodes, num_steps: int) -> tuple[np.ndarray, np.ndarray]:
   """Mean query MSE and its 95% interval after 0..num_steps inner steps: two ``[num_steps + 1]`` arrays."""
   metrics = jax.jit(meta.evaluate(learner, num_steps=tuple(range(num_steps + 1))))(meta_params, episodes)
@@ -137,9 +144,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     inner_lr = config.inner_lr
     if name == "pretrained":
       _, valid_episodes = held_out(key_valid)
-      scores = {lr: evaluate(make_learner(name, config, apply_fn, lr), meta_params, valid_episodes,
-                             config.eval_steps)[0][-1] for lr in config.pretrained_lr_grid}
-      inner_lr = min(scores, key=scores.get)
+      scores = {lr: validation_mse(make_learner(name, config, apply_fn, lr), meta_params, valid_episodes,
+                                   config.eval_steps) for lr in config.pretrained_lr_grid}
+      inner_lr = min(scores, key=scores.get)  # a step size that diverges scores inf
       logging.info("pretrained: fine-tuning step size %g (validation MSE %s).", inner_lr, scores)
     learner = make_learner(name, config, apply_fn, inner_lr)
     mse, interval = evaluate(learner, meta_params, eval_episodes, config.eval_steps)
