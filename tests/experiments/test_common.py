@@ -128,6 +128,8 @@ def run_sinusoid(workdir, *overrides):
 
 @pytest.mark.parametrize("overrides, message", [
     (["--config.num_shot=5"], "unknown config field(s) --config.num_shot; the fields are"),
+    (["--config.tasks_per_chunk=7"], "--config.tasks_per_chunk must be 0 (whole batch) or a divisor of "
+                                     "meta_batch_size=25, got 7"),
     (["--config.outer_lr=1e30"], "not finite (NaN or Inf) at iteration"),
 ])
 def test_cli_user_error_is_one_line_without_traceback(tmp_path, overrides, message):
@@ -136,3 +138,9 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path, overrides, messa
   errors = [line for line in result.stderr.splitlines() if line.startswith("sinusoid: error:")]
   assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
   assert "Traceback" not in result.stderr
+
+
+def test_sinusoid_trains_in_task_chunks(tmp_path):
+  result = run_sinusoid(tmp_path / "run", "--config.tasks_per_chunk=5")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.load(open(tmp_path / "run" / "run.json"))["config"]["tasks_per_chunk"] == 5
