@@ -3,12 +3,14 @@ r"""Multi-task learning experiments: MMoE's synthetic benchmark, GradNorm's toy 
 ``--config.experiment`` (or the preset) picks one:
 
 * ``mmoe`` (Ma et al., KDD 2018): shared-bottom, OMoE and MMoE on two synthetic
-  regression tasks whose correlation ``p`` is controlled; test MSE against
-  ``p`` over ``num_seeds`` seeds (new data and initialisation per seed).
+  regression tasks whose correlation ``p`` is controlled, over ``num_seeds``
+  runs (new data, task pair and initialisation per run): the training-loss
+  curve averaged over the runs, its mean over the run, and the final training
+  and test MSE (mean, std and histogram over the runs) for each ``p``.
 * ``gradnorm`` (Chen et al., ICML 2018): ``T`` regression tasks
   ``sigma_i tanh((B + eps_i) x)`` with output scales over two orders of
-  magnitude; each method's task weights and the per-task test loss ratios
-  ``L_i(t) / L_i(0)``.
+  magnitude; each method's task weights, the per-task test loss ratios
+  ``L_i(t) / L_i(0)`` and their sum (the paper's task-normalised test loss).
 * ``multimnist`` (Sener & Koltun, NeurIPS 2018): two overlapping MNIST digits,
   left and right digit classification with a shared LeNet; test accuracies of
   single-task models and of each weighting or aggregation method, and

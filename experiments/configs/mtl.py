@@ -6,7 +6,7 @@ any field with ``--config.FIELD=VALUE``. Presets:
 * ``mmoe``: the synthetic benchmark of Ma et al. (KDD 2018, Section 4): two
   regression tasks whose label correlation is set by ``p``; d=100, c=0.3, m=5
   sinusoids, 10k/1k/1k examples; shared-bottom, OMoE and MMoE trained with the
-  sum of the two MSEs, over several seeds (new data and initialisation each).
+  sum of the two MSEs, over 100 runs (new data and initialisation each).
 * ``gradnorm``: GradNorm's toy problem (Chen et al., ICML 2018, Section 4):
   T regression tasks ``sigma_i tanh((B + eps_i) x)``, 250 inputs, 100 outputs,
   a 4x100 ReLU trunk and linear heads; sigmas spread over two orders of
