@@ -16,7 +16,11 @@ of the shared parameters, the method's aggregation, the optimizer update.
 Both sides run on the same number of CPU threads (``--threads``, set before
 JAX and torch start); they are timed alternately, in ``--repeats`` rounds of
 ``--steps`` steps, and the median round is reported, with the ratio
-peer / metalax measured in this invocation.
+peer / metalax measured in this invocation. Every round starts from the same
+initial model and optimizer state on both sides, so every round times the
+same steps (the solvers of MGDA and CAGrad take more or fewer iterations as
+training moves the task gradients; rounds that continued training would time
+different work each).
 
 Usage:
   python benchmarks/mtl_speed.py                      # T = 2, 10, 40; all methods
@@ -25,6 +29,7 @@ Usage:
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -111,22 +116,30 @@ def jax_step(method: str, num_tasks: int, hidden: tuple[int, ...], input_dim: in
   return state, step
 
 
-def jax_rounds(step, state, inputs, targets):
-  """``run()``: ``ARGS.steps`` metalax steps from the state the last call left, waited for."""
-  box = [state]
+def jax_round(step, state, inputs, targets):
+  """A fresh round: ``ARGS.steps`` metalax steps from ``state`` (every round times the same steps)."""
 
   def run():
-    state = box[0]
+    current = state
     for _ in range(ARGS.steps):
-      state, loss = step(state, inputs, targets)
+      current, loss = step(current, inputs, targets)
     jax.block_until_ready(loss)
-    box[0] = state
 
   return run
 
 
-def peer_rounds(peer, inputs, targets):
-  """``run()``: ``ARGS.steps`` peer steps (each ends with a Python float, so torch has finished)."""
+def build_peer(method: str, num_tasks: int, hidden: tuple[int, ...]):
+  """The peer's step function on a freshly initialised model (seed 0)."""
+  torch.manual_seed(0)
+  model = peer_libmtl.HardSharing(ARGS.input_dim, hidden, num_tasks)
+  return (peer_libmtl.libmtl_step(ARGS.libmtl_dir, model, method) if ARGS.libmtl_dir
+          else peer_libmtl.make_step(model, method))
+
+
+def peer_round(make_peer, inputs, targets):
+  """A fresh round: ``ARGS.steps`` steps of a newly built peer (same seed, so the same steps every round);
+  each step ends with a Python float, so torch has finished."""
+  peer = make_peer()
 
   def run():
     for _ in range(ARGS.steps):
@@ -135,13 +148,12 @@ def peer_rounds(peer, inputs, targets):
   return run
 
 
-def time_rounds(run_round, repeats: int) -> list[float]:
-  times = []
-  for _ in range(repeats):
-    begin = time.perf_counter()
-    run_round()
-    times.append(time.perf_counter() - begin)
-  return times
+def time_round(make_round) -> float:
+  """Seconds for one round built by ``make_round()`` (building it is not timed)."""
+  run = make_round()
+  begin = time.perf_counter()
+  run()
+  return time.perf_counter() - begin
 
 
 def main():
@@ -160,18 +172,15 @@ def main():
     targets = rng.normal(size=(ARGS.batch_size, num_tasks)).astype(np.float32)
     for method in ARGS.methods.split(","):
       state, step = jax_step(method, num_tasks, hidden, ARGS.input_dim)
-      torch.manual_seed(0)
-      model = peer_libmtl.HardSharing(ARGS.input_dim, hidden, num_tasks)
-      peer = (peer_libmtl.libmtl_step(ARGS.libmtl_dir, model, method) if ARGS.libmtl_dir
-              else peer_libmtl.make_step(model, method))
-      jax_round = jax_rounds(step, state, jnp.asarray(inputs), jnp.asarray(targets))
-      peer_round = peer_rounds(peer, torch.from_numpy(inputs), torch.from_numpy(targets))
-      jax_round()  # compile and warm up
-      peer_round()
+      make_peer = functools.partial(build_peer, method, num_tasks, hidden)
+      make_jax_round = functools.partial(jax_round, step, state, jnp.asarray(inputs), jnp.asarray(targets))
+      make_peer_round = functools.partial(peer_round, make_peer, torch.from_numpy(inputs), torch.from_numpy(targets))
+      time_round(make_jax_round)  # compile and warm up
+      time_round(make_peer_round)
       jax_times, peer_times = [], []
       for _ in range(ARGS.repeats):  # alternate, so load changes hit both sides
-        jax_times += time_rounds(jax_round, 1)
-        peer_times += time_rounds(peer_round, 1)
+        jax_times.append(time_round(make_jax_round))
+        peer_times.append(time_round(make_peer_round))
       jax_ms = 1000 * statistics.median(jax_times) / ARGS.steps
       peer_ms = 1000 * statistics.median(peer_times) / ARGS.steps
       results.append({"num_tasks": num_tasks, "method": method, "metalax_ms": jax_ms, "peer_ms": peer_ms,
