@@ -50,6 +50,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 METHODS = ("simclr", "supcon", "triplet", "autoencoder", "random")
+LABELLED_METHODS = ("supcon", "triplet")
+"""Methods trained on labelled batches of ``classes_per_batch x examples_per_class`` images."""
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBED_BATCH = 1024
 
@@ -96,7 +98,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"--config.{field} must be an int >= 1, got {value!r}.")
   if not isinstance(config.num_iterations, int) or config.num_iterations < 0:
     raise ValueError(f"--config.num_iterations must be an int >= 0, got {config.num_iterations!r}.")
-  if config.examples_per_class < 2 and config.method in ("supcon", "triplet"):
+  if config.examples_per_class < 2 and config.method in LABELLED_METHODS:
     raise ValueError("--config.examples_per_class must be >= 2: supcon and triplet need positives in a batch.")
 
 
@@ -326,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_images = jax.device_put(data["train"].images)
   image_shape = data["train"].image_shape
   init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
-  labelled = config.method in ("supcon", "triplet")
+  labelled = config.method in LABELLED_METHODS
   mesh = common.make_mesh(config, config.classes_per_batch * config.examples_per_class if labelled
                           else config.batch_size)
   init, loss, encode, autoencoder = build(config, image_shape, mesh)
