@@ -375,6 +375,14 @@ def _leaves_by_path(tree: Any) -> dict[str, Any]:
   return {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
 
 
+class CheckpointMismatch(ValueError):
+  """A checkpoint whose array names or shapes are not the model's; ``mismatch`` says how they differ."""
+
+  def __init__(self, message: str, mismatch: str):
+    super().__init__(message)
+    self.mismatch = mismatch
+
+
 def restore_latest(directory: str, abstract: Any, what: str) -> Any:
   """The latest orbax checkpoint in ``directory``, restored into ``abstract`` (a tree of shape-dtype structs).
 
@@ -385,7 +393,7 @@ def restore_latest(directory: str, abstract: Any, what: str) -> Any:
 
   Raises:
     FileNotFoundError: if ``directory`` holds no checkpoint.
-    ValueError: if the checkpoint's array names or shapes are not those of ``abstract``.
+    CheckpointMismatch: (a ValueError) if the checkpoint's array names or shapes are not those of ``abstract``.
   """
   manager = checkpoint_manager(directory, max_to_keep=1) if os.path.isdir(directory) else None
   step = manager.latest_step() if manager is not None else None
@@ -393,7 +401,7 @@ def restore_latest(directory: str, abstract: Any, what: str) -> Any:
     raise FileNotFoundError(f"{what}: no checkpoint in {directory}.")
   mismatch = checkpoint_mismatch(os.path.join(directory, str(step)), abstract)
   if mismatch:
-    raise ValueError(f"{what}: the checkpoint in {directory} is not this model's: {mismatch}.")
+    raise CheckpointMismatch(f"{what}: the checkpoint in {directory} is not this model's: {mismatch}.", mismatch)
   return manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
 

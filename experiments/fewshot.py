@@ -168,13 +168,13 @@ def load_init_encoder(config: ml_collections.ConfigDict, params: Any) -> Any:
   abstract = {"params": jax.tree.map(common.ocp.utils.to_shape_dtype_struct, params)}
   try:
     restored, mismatch = common.restore_latest(os.path.join(config.init_encoder, "encoder"), abstract, what), None
-  except ValueError as error:
-    restored, mismatch = None, error
+  except common.CheckpointMismatch as error:
+    restored, mismatch = None, error.mismatch
   if mismatch or any(f in stored and stored[f] != config[f] for f in fields):
     found = ", ".join(f"{f}={stored.get(f, '?')}" for f in fields)
     wanted = ", ".join(f"{f}={config[f]}" for f in fields)
     raise ValueError(f"--config.init_encoder={config.init_encoder}: its encoder ({found}) is not the configured "
-                     f"backbone ({wanted}){': ' + str(mismatch) if mismatch else ''}.")
+                     f"backbone ({wanted}){': ' + mismatch if mismatch else ''}.")
   return restored["params"]
 
 

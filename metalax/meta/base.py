@@ -166,7 +166,8 @@ def train_step(learner: MetaLearner, optimizer: optax.GradientTransformation, *,
     >>> step = jax.jit(metalax.meta.train_step(learner, optimizer))
     >>> meta_params, opt_state, metrics = step(meta_params, opt_state, episodes)
   """
-  if tasks_per_chunk is not None and (not isinstance(tasks_per_chunk, int) or tasks_per_chunk < 1):
+  if tasks_per_chunk is not None and (isinstance(tasks_per_chunk, bool) or not isinstance(tasks_per_chunk, int)
+                                      or tasks_per_chunk < 1):
     raise ValueError(f"tasks_per_chunk must be a positive int or None, got {tasks_per_chunk!r}.")
   grad_fn = jax.value_and_grad(batch_loss(learner), has_aux=True)
 
@@ -183,8 +184,8 @@ def train_step(learner: MetaLearner, optimizer: optax.GradientTransformation, *,
     def accumulate(total, chunk):
       return jax.tree.map(jnp.add, total, grad_fn(meta_params, chunk)), None
 
-    (objective, aux), grads = jax.eval_shape(grad_fn, meta_params, jax.tree.map(lambda x: x[0], chunks))
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), ((objective, aux), grads))
+    shapes = jax.eval_shape(grad_fn, meta_params, jax.tree.map(lambda x: x[0], chunks))
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
     total, _ = jax.lax.scan(accumulate, zeros, chunks)
     return jax.tree.map(lambda x: x / num_chunks, total)
 

@@ -214,6 +214,8 @@ def test_task_chunks_must_divide_the_meta_batch():
     meta.train_step(learner, optimizer, tasks_per_chunk=3)(meta_params, optimizer.init(meta_params), episodes)
   with pytest.raises(ValueError, match="positive int"):
     meta.train_step(learner, optimizer, tasks_per_chunk=0)
+  with pytest.raises(ValueError, match="positive int"):
+    meta.train_step(learner, optimizer, tasks_per_chunk=True)
 
 
 def test_evaluate_before_and_after_adaptation():
