@@ -385,7 +385,7 @@ def mmoe_table(results: dict[str, Any], config: ml_collections.ConfigDict) -> st
       means = [np.mean(by_p[p][key]) for p in ps]
       change = 100 * (means[-1] / means[0] - 1)  # from the first correlation (p=1) to the last
       rows.append(f"{model:<15}{name:<12}" + "".join(
-          f"{np.mean(by_p[p][key]):>11.4f} +- {np.std(by_p[p][key]):.4f}" for p in ps) + f"{change:>+9.0f}%")
+          f"{mean:>11.4f} +- {np.std(by_p[p][key]):.4f}" for p, mean in zip(ps, means)) + f"{change:>+9.0f}%")
   return "\n".join(rows)
 
 

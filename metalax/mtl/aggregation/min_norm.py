@@ -326,9 +326,10 @@ def cagrad(c: float = 0.5, *, rescale: int = 1, num_steps: int = 60) -> Aggregat
   the simplex (``num_steps`` iterations, each trying five step sizes around the
   last accepted one), then a few Newton steps on the active face, on the Gram
   matrix divided by its mean diagonal (which leaves ``w*`` unchanged). 60
-  iterations reach SLSQP's optimum of the dual to within 1e-8 on random,
-  rank-deficient and badly scaled Gram matrices up to ``T = 40``
-  (``benchmarks/mtl_speed.py`` notes in BUILD_NOTES.md).
+  iterations reached SLSQP's optimum of the dual to within 1e-8 on random,
+  rank-deficient and badly scaled Gram matrices up to ``T = 40`` (a
+  measurement recorded in BUILD_NOTES.md; the tests check the rank-deficient
+  and badly scaled cases at ``T = 10``).
   The tests check the result against SLSQP on the same dual (agreement to
   about 1e-3, where SLSQP's own accuracy lies) and that our dual objective is
   never worse. ``c = 0`` gives the mean gradient.
