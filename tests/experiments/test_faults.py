@@ -13,8 +13,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NUM_ITERATIONS = 3000  # far more than three kills reach: a resumed run can pass 100s of iterations before its kill
 TINY = ["--config.learners=maml", "--config.hidden=(8,8)", "--config.meta_batch_size=5",
-        "--config.num_iterations=600", "--config.steps_per_call=25", "--config.checkpoint_every=50",
+        f"--config.num_iterations={NUM_ITERATIONS}", "--config.steps_per_call=25", "--config.checkpoint_every=50",
         "--config.num_eval_tasks=10", "--config.num_eval_queries=10", "--config.eval_steps=1"]
 
 
@@ -58,7 +59,7 @@ def test_killed_and_restarted_run_equals_uninterrupted_run(tmp_path):
     process.wait()
     steps, unfinished = checkpoint_steps(directory)
     seen_unfinished += unfinished
-    assert steps and steps[-1] < 600, "killed too late: raise num_iterations"
+    assert steps and steps[-1] < NUM_ITERATIONS, "killed too late: raise NUM_ITERATIONS"
     # What a restart would resume from is a complete checkpoint: orbax lists finished steps only...
     manager = ocp.CheckpointManager(str(directory))
     latest = manager.latest_step()
@@ -73,8 +74,8 @@ def test_killed_and_restarted_run_equals_uninterrupted_run(tmp_path):
   assert len(set(resumed_from)) == 3, resumed_from  # each kill came after new progress
   # Temporary directories of interrupted saves, if a kill hit one, are never taken for checkpoints.
   assert all(".orbax-checkpoint-tmp" in name for name in seen_unfinished), seen_unfinished
-  final_straight = ocp.CheckpointManager(str(straight / "maml" / "checkpoints")).restore(600)
-  final_killed = ocp.CheckpointManager(str(directory)).restore(600)
+  final_straight = ocp.CheckpointManager(str(straight / "maml" / "checkpoints")).restore(NUM_ITERATIONS)
+  final_killed = ocp.CheckpointManager(str(directory)).restore(NUM_ITERATIONS)
   for a, b in zip(jax.tree.leaves(final_straight), jax.tree.leaves(final_killed)):
     np.testing.assert_array_equal(a, b)  # bit for bit
   results = [json.loads((run / "results.json").read_text()) for run in (straight, killed)]
