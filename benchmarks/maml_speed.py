@@ -67,7 +67,7 @@ def build(name, conv_impl="patches", tasks_per_chunk=0):
                           jnp.tile(jnp.arange(num_ways), (meta_batch, queries)))
     episodes = metalax.Episode(support, query)
     loss_fn, sample = metalax.losses.cross_entropy, jnp.zeros((2, 28, 28, 1))
-  params = model.init(key_model, sample)["params"]
+  params = jax.jit(model.init)(key_model, sample)["params"]  # as the experiments do: eager init compiles every op
   learner = metalax.meta.maml(metalax.models.from_linen(model), loss_fn, inner_lr=inner_lr,
                               num_steps=num_steps)
   optimizer = optax.adam(1e-3)

@@ -226,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_counts, test_counts = episode_counts(config, "train"), episode_counts(config, "test")
   learner, backbone = make_learner(config, train_counts[0], config.num_steps)
   test_learner, _ = make_learner(config, test_counts[0], config.test_num_steps)
-  params = backbone.init(key_init, jnp.zeros((2, *splits["train"].image_shape)))["params"]
+  params = jax.jit(backbone.init)(key_init, jnp.zeros((2, *splits["train"].image_shape)))["params"]  # one compile, not one per op
   if config.init_encoder:
     params = load_init_encoder(config, params)
   optimizer = optax.adam(learning_rate(config))

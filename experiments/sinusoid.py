@@ -129,7 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   common.write_run_info(workdir, config)
   key_init, key_train, key_valid, key_eval = jax.random.split(jax.random.key(config.seed), 4)
   model = metalax.models.MLP(features=tuple(config.hidden), num_outputs=1)
-  params = model.init(key_init, jnp.zeros((1, 1)))["params"]
+  params = jax.jit(model.init)(key_init, jnp.zeros((1, 1)))["params"]  # one compile, not one per op
   apply_fn = metalax.models.from_linen(model)
 
   def held_out(key):
