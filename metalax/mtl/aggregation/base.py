@@ -106,28 +106,45 @@ def task_gradient_norms(task_grads: TaskGrads) -> jax.Array:
     ``[T]`` norms.
   """
   count_tasks(task_grads)
-  squares = [jnp.sum(jnp.square(leaf).reshape(leaf.shape[0], -1), axis=1)
+  squares = [jnp.sum(jnp.square(leaf), axis=tuple(range(1, leaf.ndim)))
              for leaf in jax.tree.leaves(task_grads)]
   return jnp.sqrt(sum(squares))
 
 
+def _swap_minor(leaf: jax.Array) -> jax.Array:
+  """A per-task matrix leaf ``[T, a, b]`` as ``[T, b, a]``; other leaves unchanged.
+
+  The Gram matrix and the weighted sum of the task gradients do not depend on
+  the order in which each task's coordinates are flattened, as long as it is
+  the same for every task. Flattening a matrix leaf as ``[T, b, a]`` follows
+  how XLA computes the per-task gradient of a ``[a, b]`` kernel batched over
+  tasks (``delta_t^T x``, one GEMM with the tasks in its rows): flattened as
+  ``[T, a, b]``, XLA:CPU copies every per-task gradient into that layout first
+  (measured in ``benchmarks/mtl_speed.py``: the T=10 step 5-13% faster for
+  MGDA, CAGrad, PCGrad and IMTL-G, see BUILD_NOTES.md).
+  """
+  return jnp.swapaxes(leaf, 1, 2) if leaf.ndim == 3 else leaf
+
+
 def gramian(task_grads: TaskGrads) -> jax.Array:
-  """``[T, T]`` inner products of the flattened task gradients, leaf by leaf."""
+  """``[T, T]`` inner products of the flattened task gradients, leaf by leaf (see :func:`_swap_minor`)."""
   num_tasks = count_tasks(task_grads)
   leaves = jax.tree.leaves(task_grads)
   dtype = jnp.result_type(jnp.float32, *[leaf.dtype for leaf in leaves])
   gram = jnp.zeros((num_tasks, num_tasks), dtype)
   for leaf in leaves:
-    flat = leaf.reshape(num_tasks, -1).astype(dtype)
+    flat = _swap_minor(leaf).reshape(num_tasks, -1).astype(dtype)
     gram = gram + jnp.matmul(flat, flat.T, precision=HIGHEST)
   return gram
 
 
 def combine(weights: jax.Array, task_grads: TaskGrads) -> Any:
   """``sum_i weights[i] * task_grads[i]`` on every leaf."""
-  return jax.tree.map(
-      lambda leaf: jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1,
-                                 precision=HIGHEST), task_grads)
+  def weighted_sum(leaf):
+    total = jnp.tensordot(weights.astype(leaf.dtype), _swap_minor(leaf), axes=1, precision=HIGHEST)
+    return total.T if leaf.ndim == 3 else total
+
+  return jax.tree.map(weighted_sum, task_grads)
 
 
 def weights_aggregator(weights_fn: Callable[[jax.Array], jax.Array]) -> Aggregator:
