@@ -44,13 +44,17 @@ a batched GEMM:
   non-minor axes, which XLA fuses into one loop) and multiplied by the kernel
   as ``[9 * c, o]``;
 * stride 1 with at least 8 input channels: only the three horizontal shifts
-  are stacked (``[n, h + 2, w, 3 * c]``, a third of the memory), multiplied by
-  the kernel as ``[3 * c, 3 * o]``, and the three row-shifted slices of the
-  product are summed.
+  are stacked (``[n, h, w, 3 * c]``, a third of the memory), multiplied by
+  the kernel as ``[3 * c, 3 * o]``, and the product's three slices are added
+  one row up, in place and one row down (the zero padding rows are never
+  multiplied).
 
-Batch statistics are computed in one pass (``E[x^2] - E[x]^2``), and under
-batch normalisation the conv bias, which the mean subtraction cancels, is not
-added (it stays a parameter, with zero gradient, so the parameter tree mirrors
+Batch statistics are computed in one pass (``E[x^2] - E[x]^2``). Batch
+normalisation of a convolution of fewer than 8 input channels (the first
+layer) is folded into it: its statistics follow from the patch covariance,
+and conv + norm become one affine map of the patches (see
+:func:`_conv_batch_norm`). Under batch normalisation the conv bias, which the
+mean subtraction cancels, is not added (it stays a parameter, with zero gradient, so the parameter tree mirrors
 learn2learn's). Max-pooling is a reshape and a max with a derivative that
 routes tangents through a mask of the window maxima (no ``select_and_scatter``,
 which is slow on CPU, and no tie counts). ``conv_impl="xla"`` uses

@@ -73,3 +73,22 @@ def test_conv4_norms_keep_no_running_statistics(norm):
 def test_conv4_bad_input_raises(kwargs, shape, match):
   with pytest.raises(ValueError, match=match):
     metalax.models.Conv4(num_outputs=5, **kwargs).init(jax.random.key(0), jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_folded_batch_norm_equals_conv_then_batch_norm(stride):
+  """The first layer's conv + batch norm as one affine map of the patches (3 input channels, as RGB)."""
+  from metalax.models.conv import _conv_batch_norm, _conv_xla, _standardize
+  keys = jax.random.split(jax.random.key(3), 4)
+  x = jax.random.uniform(keys[0], (4, 10, 10, 3))
+  kernel = jax.random.normal(keys[1], (3, 3, 3, 8))
+  scale, bias = jax.random.uniform(keys[2], (8,)), jax.random.normal(keys[3], (8,))
+
+  def reference(kernel, scale, bias):
+    return _standardize(_conv_xla(x, kernel, stride), (0, 1, 2), 1e-5) * scale + bias
+
+  folded = lambda kernel, scale, bias: _conv_batch_norm(x, kernel, scale, bias, stride, 1e-5)
+  assert_close(folded(kernel, scale, bias), reference(kernel, scale, bias))
+  loss = lambda f: lambda *p: jnp.sum(jnp.sin(f(*p)))
+  assert_close(jax.grad(loss(folded), argnums=(0, 1, 2))(kernel, scale, bias),
+               jax.grad(loss(reference), argnums=(0, 1, 2))(kernel, scale, bias))
