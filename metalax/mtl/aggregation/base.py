@@ -119,9 +119,9 @@ def _swap_minor(leaf: jax.Array) -> jax.Array:
   the same for every task. Flattening a matrix leaf as ``[T, b, a]`` follows
   how XLA computes the per-task gradient of a ``[a, b]`` kernel batched over
   tasks (``delta_t^T x``, one GEMM with the tasks in its rows): flattened as
-  ``[T, a, b]``, XLA:CPU copies every per-task gradient into that layout first
-  (measured in ``benchmarks/mtl_speed.py``: the T=10 step 5-13% faster for
-  MGDA, CAGrad, PCGrad and IMTL-G, see BUILD_NOTES.md).
+  ``[T, a, b]``, XLA:CPU copies every per-task gradient into that layout first.
+  On the step of ``benchmarks/mtl_speed.py`` at T=10 this made MGDA, CAGrad,
+  PCGrad and IMTL-G 5-13% faster (BUILD_NOTES.md).
   """
   return jnp.swapaxes(leaf, 1, 2) if leaf.ndim == 3 else leaf
 
