@@ -20,9 +20,9 @@ warm-up round), and the median round is reported, with the ratio
 peer / metalax measured in this invocation. ``--threads=1`` limits XLA's and
 torch's compute threads; JAX still dispatches the next step from Python while
 the current one runs, which can use the second core (``taskset -c 0 python
-benchmarks/mtl_speed.py`` keeps the whole process on one core). Every round starts from the same
-initial model and optimizer state on both sides, so every round times the
-same steps (the solvers of MGDA and CAGrad take more or fewer iterations as
+benchmarks/mtl_speed.py`` keeps the whole process on one core). Every round
+starts from the same initial model and optimizer state on both sides, so every
+round times the same steps (the solvers of MGDA and CAGrad take more or fewer iterations as
 training moves the task gradients; rounds that continued training would time
 different work each).
 

@@ -55,9 +55,10 @@ layer) is folded into it: its statistics follow from the patch covariance,
 and conv + norm become one affine map of the patches (see
 :func:`_conv_batch_norm`). Under batch normalisation the conv bias, which the
 mean subtraction cancels, is not added (it stays a parameter, with zero
-gradient, so the parameter tree mirrors learn2learn's). Max-pooling is a reshape and a max with a derivative that
-routes tangents through a mask of the window maxima (no ``select_and_scatter``,
-which is slow on CPU, and no tie counts). ``conv_impl="xla"`` uses
+gradient, so the parameter tree mirrors learn2learn's). Max-pooling is a
+reshape and a max with a derivative that routes tangents through a mask of the
+window maxima (no ``select_and_scatter``, which is slow on CPU, and no tie
+counts). ``conv_impl="xla"`` uses
 ``lax.conv_general_dilated`` instead, the better choice on GPU or without
 per-task parameters.
 
