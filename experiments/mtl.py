@@ -51,6 +51,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTINGS = ("equal", "uncertainty", "dwa", "rlw", "gradnorm")
 AGGREGATORS = ("pcgrad", "mgda", "cagrad", "graddrop", "imtl_g", "nash_mtl", "aligned_mtl", "upgrad")
 EXPERIMENTS = ("mmoe", "gradnorm", "multimnist")
+MMOE_MODELS = ("shared_bottom", "omoe", "mmoe")
 
 
 class Problem(NamedTuple):
@@ -295,7 +296,7 @@ def mmoe_problem(name: str, mmoe: ml_collections.ConfigDict) -> Problem:
     module = mtl.MMoE(num_outputs=(1, 1), num_experts=mmoe.num_experts, expert_features=(mmoe.expert_features,),
                       tower_features=(mmoe.tower_features,), single_gate=name == "omoe")
   else:
-    raise ValueError(f"unknown MMoE-benchmark model {name!r}; expected shared_bottom, omoe or mmoe.")
+    raise ValueError(f"unknown MMoE-benchmark model {name!r}; expected one of {', '.join(MMOE_MODELS)}.")
 
   def task_losses(outputs, labels):
     return jnp.stack([jnp.mean(metalax.losses.squared_error(o, labels[:, t:t + 1])) for t, o in enumerate(outputs)])
@@ -303,6 +304,24 @@ def mmoe_problem(name: str, mmoe: ml_collections.ConfigDict) -> Problem:
   return Problem(init=lambda key: module.init(key, jnp.zeros((1, mmoe.dim)))["params"],
                  encode=lambda params, x: x, decode=lambda params, x: module.apply({"params": params}, x),
                  task_losses=task_losses, shared=())
+
+
+def mmoe_learning_rates(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """Each model's Adam learning rate: ``mmoe.learning_rates`` ("model=lr,...") where it lists the model, else
+  ``config.lr``."""
+  models = [m.strip() for m in config.mmoe.models.split(",") if m.strip()]
+  rates = {model: config.lr for model in models}
+  for item in filter(None, (i.strip() for i in config.mmoe.learning_rates.split(","))):
+    model, _, value = item.partition("=")
+    try:
+      rate = float(value)
+    except ValueError:
+      rate = -1.0
+    if model.strip() not in MMOE_MODELS or not rate > 0:
+      raise ValueError(f"--config.mmoe.learning_rates must be 'model=lr,...' with models from "
+                       f"{', '.join(MMOE_MODELS)} and lr > 0; got {config.mmoe.learning_rates!r}.")
+    rates[model.strip()] = rate
+  return {model: rates[model] for model in models}
 
 
 def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -316,7 +335,7 @@ def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   is the quantity of the paper's trainability histograms (Figure 5).
   """
   mmoe = config.mmoe
-  models = [m.strip() for m in mmoe.models.split(",") if m.strip()]
+  learning_rates = mmoe_learning_rates(config)
   results = {}
   for p in mmoe.correlations:
     if not -1.0 <= p <= 1.0:
@@ -330,8 +349,10 @@ def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data = {name: {"inputs": x, "labels": y} for name, (x, y) in splits.items()}
     curve_data = jax.tree.map(lambda a: a[:, :mmoe.num_curve], data["train"])
     correlation = float(np.mean([np.corrcoef(y[:, 0], y[:, 1])[0, 1] for y in np.asarray(data["train"]["labels"])]))
-    for model in models:
+    for model, learning_rate in learning_rates.items():
       problem = mmoe_problem(model, mmoe)
+      model_config = config.copy_and_resolve_references()
+      model_config.lr = learning_rate
       losses = jax.jit(jax.vmap(lambda params, d, problem=problem: problem.task_losses(
           problem.decode(params, d["inputs"]), d["labels"])))
       run_dir = os.path.join(workdir, f"p{p:g}", model)
@@ -347,7 +368,7 @@ def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
       if not os.path.exists(os.path.join(run_dir, "checkpoints")) and os.path.exists(curve_path):
         os.remove(curve_path)  # a fresh run: drop the curve of an earlier, unfinished one
-      state = train_seeds(problem, "equal", config, 2, random_batch(config.batch_size), data["train"], 0,
+      state = train_seeds(problem, "equal", model_config, 2, random_batch(config.batch_size), data["train"], 0,
                           run_dir, jax.random.key(config.seed + 1), desc=f"{model} p={p:g}",
                           on_checkpoint=evaluate, checkpoint_every=mmoe.eval_every)
       test = np.asarray(losses(state["params"]["model"], data["test"]))  # [S, 2]
@@ -356,7 +377,7 @@ def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       results.setdefault(model, {})[f"{p:g}"] = {
           "test_mse": test.mean(1).tolist(), "test_mse_per_task": test.tolist(), "train_mse": train.mean(1).tolist(),
           "curve_steps": steps, "curve_train_mse": curve.tolist(), "mean_train_mse": curve.mean(0).tolist(),
-          "label_correlation": correlation}
+          "label_correlation": correlation, "lr": learning_rate}
   plot_mmoe(os.path.join(workdir, "mmoe.png"), results, config)
   print(mmoe_table(results, config))
   return results
@@ -374,18 +395,29 @@ def read_curve(path: str, last_step: int) -> tuple[list[int], np.ndarray]:
 
 
 def mmoe_table(results: dict[str, Any], config: ml_collections.ConfigDict) -> str:
+  """Per model and measure: mean +- std over seeds at each correlation, and the change from the first
+  correlation to the last (absolute, with its standard error, and relative); then the interquartile ranges."""
   ps = [f"{p:g}" for p in config.mmoe.correlations]
+  measures = (("mean_train_mse", "curve"), ("train_mse", "final train"), ("test_mse", "final test"))
   rows = [f"MMoE synthetic benchmark, {config.num_iterations} iterations: MSE (mean of the 2 tasks), mean +- std over "
-          f"{config.num_seeds} seeds; 'curve' = training MSE averaged over the run (area under the loss curve)",
-          f"{'model':<15}{'measure':<12}" + "".join(f"{'p=' + p:>20}" for p in ps) + f"{'change':>10}"]
+          f"{config.num_seeds} seeds; 'curve' = training MSE averaged over the run (area under the loss curve); "
+          f"change from p={ps[0]} to p={ps[-1]}, +- its standard error",
+          "Adam learning rates: " + ", ".join(f"{model} {by_p[ps[0]]['lr']:g}" for model, by_p in results.items()),
+          f"{'model':<15}{'measure':<12}" + "".join(f"{'p=' + p:>20}" for p in ps) + f"{'change':>28}"]
   first = next(iter(results.values()))
   rows.append(f"{'(labels)':<15}{'corr.':<12}" + "".join(f"{first[p]['label_correlation']:>20.2f}" for p in ps))
-  for key, name in (("mean_train_mse", "curve"), ("train_mse", "final train"), ("test_mse", "final test")):
+  for key, name in measures:
     for model, by_p in results.items():
-      means = [np.mean(by_p[p][key]) for p in ps]
-      change = 100 * (means[-1] / means[0] - 1)  # from the first correlation (p=1) to the last
+      values = [np.asarray(by_p[p][key]) for p in ps]
+      change = values[-1].mean() - values[0].mean()
+      error = np.sqrt(values[-1].var(ddof=1) / values[-1].size + values[0].var(ddof=1) / values[0].size)
+      rows.append(f"{model:<15}{name:<12}" + "".join(f"{v.mean():>11.4f} +- {v.std():.4f}" for v in values)
+                  + f"{change:>+13.4f} +- {error:.4f} ({100 * change / values[0].mean():+.0f}%)")
+  rows.append("spread across seeds, interquartile range:")
+  for key, name in measures:
+    for model, by_p in results.items():
       rows.append(f"{model:<15}{name:<12}" + "".join(
-          f"{mean:>11.4f} +- {np.std(by_p[p][key]):.4f}" for p, mean in zip(ps, means)) + f"{change:>+9.0f}%")
+          f"{np.subtract(*np.percentile(by_p[p][key], [75, 25])):>20.4f}" for p in ps))
   return "\n".join(rows)
 
 
@@ -397,16 +429,18 @@ def plot_mmoe(path: str, results: dict[str, Any], config: ml_collections.ConfigD
   width = max(len(models), len(ps))
   fig, axes = plt.subplots(2, width, figsize=(4.0 * width, 7.2), squeeze=False)
   colors = {p: f"C{i}" for i, p in enumerate(ps)}
-  high = max(np.mean(results[m][p]["curve_train_mse"], axis=1)[len(results[m][p]["curve_steps"]) // 10]
-             for m in models for p in ps)
+  mean_curves = [np.mean(results[m][p]["curve_train_mse"], axis=1) for m in models for p in ps]
+  high = max(curve[len(curve) // 10] for curve in mean_curves)  # one scale for all models: the gaps compare
+  low = 0.8 * min(curve.min() for curve in mean_curves)
   for ax, model in zip(axes[0], models):
     for p in ps:
       r = results[model][p]
       ax.plot(r["curve_steps"], np.mean(r["curve_train_mse"], axis=1), color=colors[p], label=f"p={p}")
-    ax.set_ylim(0, high)
+    ax.set_yscale("log")
+    ax.set_ylim(low, high)
     ax.set_xlabel("iteration")
-    ax.set_ylabel("training MSE (mean over seeds)")
-    ax.set_title(model)
+    ax.set_ylabel("training MSE (mean over seeds, log)")
+    ax.set_title(f"{model} (Adam {results[model][ps[0]]['lr']:g})")
     ax.legend(fontsize=8)
   finals = np.concatenate([results[m][p]["train_mse"] for m in models for p in ps])
   bins = np.linspace(finals.min(), np.quantile(finals, 0.99), 30)
@@ -414,7 +448,7 @@ def plot_mmoe(path: str, results: dict[str, Any], config: ml_collections.ConfigD
     for i, model in enumerate(models):
       values = np.asarray(results[model][p]["train_mse"])
       ax.hist(np.clip(values, None, bins[-1]), bins=bins, histtype="step", linewidth=1.5, color=f"C{i}",
-              label=f"{model} (std {values.std():.3f})")
+              label=f"{model} (median {np.median(values):.4f}, IQR {np.subtract(*np.percentile(values, [75, 25])):.4f})")
     ax.set_xlabel("final training MSE")
     ax.set_ylabel("runs")
     ax.set_title(f"p={p}: final loss of {config.num_seeds} runs")
@@ -768,9 +802,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   elif config.experiment == "multimnist":
     parse_methods(config, 2)
   else:
-    unknown = [m for m in config.mmoe.models.split(",") if m.strip() not in ("shared_bottom", "omoe", "mmoe")]
+    unknown = [m for m in config.mmoe.models.split(",") if m.strip() not in MMOE_MODELS]
     if unknown:
-      raise ValueError(f"--config.mmoe.models must list shared_bottom, omoe, mmoe; got {config.mmoe.models!r}.")
+      raise ValueError(f"--config.mmoe.models must list {', '.join(MMOE_MODELS)}; got {config.mmoe.models!r}.")
+    mmoe_learning_rates(config)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -44,10 +44,24 @@ def test_mmoe_benchmark(tmp_path):
   assert curve.shape == (2, 2) and np.all(curve > 0)
   np.testing.assert_allclose(r["mean_train_mse"], curve.mean(0), rtol=1e-6)
   assert not np.allclose(curve[0], curve[1])  # training moved the loss
+  # The preset's per-model learning rates (the paper's grid search).
+  assert results["shared_bottom"]["1"]["lr"] == 1e-3 and results["mmoe"]["0.5"]["lr"] == 1e-2
   table = mtl.mmoe_table(results, config)
-  assert "curve" in table and "final test" in table
+  assert "curve" in table and "final test" in table and "mmoe 0.01" in table
   for name in ("results.json", "mmoe.png", "run.json", "p0.5/mmoe/metrics.jsonl", "p0.5/mmoe/curves.jsonl"):
     assert os.path.exists(tmp_path / name), name
+
+
+def test_mmoe_learning_rates():
+  config = tiny_config("mmoe", lr=3e-4)
+  config.mmoe.learning_rates = "omoe=0.02"
+  assert mtl.mmoe_learning_rates(config) == {"shared_bottom": 3e-4, "omoe": 0.02, "mmoe": 3e-4}
+  config.mmoe.models = "mmoe"
+  assert mtl.mmoe_learning_rates(config) == {"mmoe": 3e-4}
+  for bad in ("moe=1e-2", "mmoe=fast", "mmoe=0", "mmoe"):
+    config.mmoe.learning_rates = bad
+    with pytest.raises(ValueError, match="mmoe.learning_rates must be 'model=lr"):
+      mtl.check_config(config)
 
 
 def test_read_curve_keeps_the_last_record_of_a_step(tmp_path):
