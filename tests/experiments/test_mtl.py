@@ -64,6 +64,15 @@ def test_mmoe_learning_rates():
       mtl.check_config(config)
 
 
+def test_mmoe_learning_rate_reaches_training(tmp_path):
+  finals = {}
+  for rate in ("1e-4", "1e-2"):
+    config = tiny_config("mmoe", lr=1e-3)
+    config.mmoe.update(dict(models="mmoe", correlations=(1.0,), learning_rates=f"mmoe={rate}"))
+    finals[rate] = np.asarray(mtl.train_and_evaluate(config, str(tmp_path / rate))["mmoe"]["1"]["train_mse"])
+  assert np.all(finals["1e-2"] < finals["1e-4"])  # 20 Adam steps at 1e-4 barely move the loss
+
+
 def test_read_curve_keeps_the_last_record_of_a_step(tmp_path):
   path = tmp_path / "curves.jsonl"
   lines = [{"step": 10, "train_mse": [1.0, 2.0]}, {"step": 20, "train_mse": [3.0, 4.0]},
