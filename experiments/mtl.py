@@ -316,7 +316,7 @@ def mmoe_learning_rates(config: ml_collections.ConfigDict) -> dict[str, float]:
     try:
       rate = float(value)
     except ValueError:
-      rate = -1.0
+      rate = float("nan")  # reported below
     if model.strip() not in MMOE_MODELS or not rate > 0:
       raise ValueError(f"--config.mmoe.learning_rates must be 'model=lr,...' with models from "
                        f"{', '.join(MMOE_MODELS)} and lr > 0; got {config.mmoe.learning_rates!r}.")
@@ -410,7 +410,8 @@ def mmoe_table(results: dict[str, Any], config: ml_collections.ConfigDict) -> st
     for model, by_p in results.items():
       values = [np.asarray(by_p[p][key]) for p in ps]
       change = values[-1].mean() - values[0].mean()
-      error = np.sqrt(values[-1].var(ddof=1) / values[-1].size + values[0].var(ddof=1) / values[0].size)
+      error = (np.sqrt(values[-1].var(ddof=1) / values[-1].size + values[0].var(ddof=1) / values[0].size)
+               if min(values[0].size, values[-1].size) > 1 else float("nan"))  # one seed: no error estimate
       rows.append(f"{model:<15}{name:<12}" + "".join(f"{v.mean():>11.4f} +- {v.std():.4f}" for v in values)
                   + f"{change:>+13.4f} +- {error:.4f} ({100 * change / values[0].mean():+.0f}%)")
   rows.append("spread across seeds, interquartile range:")
