@@ -306,11 +306,19 @@ def mmoe_problem(name: str, mmoe: ml_collections.ConfigDict) -> Problem:
                  task_losses=task_losses, shared=())
 
 
+def mmoe_models(config: ml_collections.ConfigDict) -> list[str]:
+  """The models of ``mmoe.models`` (comma-separated); raises ValueError for a name not in ``MMOE_MODELS``."""
+  names = [m.strip() for m in config.mmoe.models.split(",")]
+  if any(name not in MMOE_MODELS for name in names):
+    raise ValueError(f"--config.mmoe.models must list {', '.join(MMOE_MODELS)}; got {config.mmoe.models!r}.")
+  return names
+
+
 def mmoe_learning_rates(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Each model's Adam learning rate: ``mmoe.learning_rates`` ("model=lr,...") where it lists the model, else
-  ``config.lr``."""
-  models = [m.strip() for m in config.mmoe.models.split(",") if m.strip()]
-  rates = {model: config.lr for model in models}
+  ``config.lr``; raises ValueError for bad models or rates."""
+  models = mmoe_models(config)
+  given = {}
   for item in filter(None, (i.strip() for i in config.mmoe.learning_rates.split(","))):
     model, _, value = item.partition("=")
     try:
@@ -320,8 +328,8 @@ def mmoe_learning_rates(config: ml_collections.ConfigDict) -> dict[str, float]:
     if model.strip() not in MMOE_MODELS or not rate > 0:
       raise ValueError(f"--config.mmoe.learning_rates must be 'model=lr,...' with models from "
                        f"{', '.join(MMOE_MODELS)} and lr > 0; got {config.mmoe.learning_rates!r}.")
-    rates[model.strip()] = rate
-  return {model: rates[model] for model in models}
+    given[model.strip()] = rate
+  return {model: given.get(model, config.lr) for model in models}
 
 
 def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -335,7 +343,10 @@ def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   is the quantity of the paper's trainability histograms (Figure 5).
   """
   mmoe = config.mmoe
-  learning_rates = mmoe_learning_rates(config)
+  model_configs = {}
+  for model, learning_rate in mmoe_learning_rates(config).items():
+    model_configs[model] = config.copy_and_resolve_references()
+    model_configs[model].lr = learning_rate
   results = {}
   for p in mmoe.correlations:
     if not -1.0 <= p <= 1.0:
@@ -349,10 +360,8 @@ def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data = {name: {"inputs": x, "labels": y} for name, (x, y) in splits.items()}
     curve_data = jax.tree.map(lambda a: a[:, :mmoe.num_curve], data["train"])
     correlation = float(np.mean([np.corrcoef(y[:, 0], y[:, 1])[0, 1] for y in np.asarray(data["train"]["labels"])]))
-    for model, learning_rate in learning_rates.items():
+    for model, model_config in model_configs.items():
       problem = mmoe_problem(model, mmoe)
-      model_config = config.copy_and_resolve_references()
-      model_config.lr = learning_rate
       losses = jax.jit(jax.vmap(lambda params, d, problem=problem: problem.task_losses(
           problem.decode(params, d["inputs"]), d["labels"])))
       run_dir = os.path.join(workdir, f"p{p:g}", model)
@@ -377,7 +386,7 @@ def run_mmoe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       results.setdefault(model, {})[f"{p:g}"] = {
           "test_mse": test.mean(1).tolist(), "test_mse_per_task": test.tolist(), "train_mse": train.mean(1).tolist(),
           "curve_steps": steps, "curve_train_mse": curve.tolist(), "mean_train_mse": curve.mean(0).tolist(),
-          "label_correlation": correlation, "lr": learning_rate}
+          "label_correlation": correlation, "lr": model_config.lr}
   plot_mmoe(os.path.join(workdir, "mmoe.png"), results, config)
   print(mmoe_table(results, config))
   return results
@@ -803,10 +812,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   elif config.experiment == "multimnist":
     parse_methods(config, 2)
   else:
-    unknown = [m for m in config.mmoe.models.split(",") if m.strip() not in MMOE_MODELS]
-    if unknown:
-      raise ValueError(f"--config.mmoe.models must list {', '.join(MMOE_MODELS)}; got {config.mmoe.models!r}.")
-    mmoe_learning_rates(config)
+    mmoe_learning_rates(config)  # checks mmoe.models as well
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
