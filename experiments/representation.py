@@ -1,17 +1,17 @@
 r"""Representation learning on Omniglot (or MNIST), evaluated by few-shot classification and a linear probe.
 
-Pretrains a Conv-4 encoder with one objective (``--config.method``): SimCLR's
-NT-Xent on two augmented views of *unlabelled* images, SupCon or the triplet
-loss (with all / batch-hard / semi-hard mining) on labelled batches, or an
-autoencoder (plain, denoising, sparse, linear decoder); ``random`` skips
-training. Then it freezes the encoder and evaluates it on classes never seen
+Pretrains an encoder (``--config.model``, Conv-4 by default) with one objective (``--config.loss``):
+NT-Xent (SimCLR) or InfoNCE on two augmented views of *unlabelled* images, SupCon, the triplet loss
+(all / batch-hard / semi-hard mining) or the pair contrastive loss on labelled batches, or an
+autoencoder (plain, denoising, sparse, linear decoder); ``random`` skips training. Augmentations
+(``--config.augment``) are any metalax.augment operations, MixUp and CutMix included. Then it freezes the encoder and evaluates it on classes never seen
 in training: N-way K-shot episodes classified by prototypes and by
 1-nearest-neighbour on L2-normalised embeddings, and a linear probe.
 Writes into ``--workdir``::
 
   results.json           few-shot accuracies (mean, 95% interval), linear-probe accuracy, collapse metrics
   encoder/<step>/        orbax checkpoint {"params": encoder params}: the same layout as the meta-parameters
-                         of experiments.fewshot's metric learners (Conv4(None, hidden, backbone, norm))
+                         of experiments.fewshot's embedding learners (the same model fields)
   checkpoints/           the full training state (a rerun resumes from it)
   metrics.jsonl, tb/     training loss and collapse diagnostics (embedding std, effective rank)
   review.png, review.csv the linear probe's highest-loss training examples, for relabelling
@@ -25,85 +25,121 @@ Usage:
       --config=experiments/configs/representation.py:triplet_semi_hard --config.num_iterations=500
 """
 
-import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from absl import logging
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 import optax
 
 import metalax
-from experiments import common
+from experiments import components
+from experiments import reporting
 from metalax import augment
 from metalax import losses
 from metalax import meta
 from metalax import models
+from metalax import training
 from metalax import transfer
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-METHODS = ("simclr", "supcon", "triplet", "autoencoder", "random")
-LABELLED_METHODS = ("supcon", "triplet")
-"""Methods trained on labelled batches of ``classes_per_batch x examples_per_class`` images."""
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBED_BATCH = 1024
 
 
+class Objective(NamedTuple):
+  """A contrastive objective: how its batches are drawn and its per-example loss.
+
+  Attributes:
+    views: augmented views per image (2: the loss compares views; 1: labelled batches).
+    labelled: whether batches are ``classes_per_batch`` classes x ``examples_per_class`` images with labels.
+    loss: ``loss(projections [views * n, d], labels [n] or None, config) -> [views * n]`` per-example losses.
+  """
+
+  views: int
+  labelled: bool
+  loss: Callable[[jax.Array, jax.Array | None, ml_collections.ConfigDict], jax.Array]
+
+
+def _info_nce(projections, labels, config):
+  """InfoNCE of each first view against its second view, the other images' second views as negatives."""
+  del labels
+  first, second = jnp.split(projections, 2)
+  n = first.shape[0]
+  others = (jnp.arange(n)[:, None] + jnp.arange(1, n)[None, :]) % n            # [n, n - 1]
+  return losses.info_nce(first, second, second[others], temperature=config.temperature)
+
+
+OBJECTIVES: dict[str, Objective] = {
+    "nt_xent": Objective(2, False, lambda p, labels, config: losses.nt_xent(p, temperature=config.temperature)),
+    "info_nce": Objective(2, False, _info_nce),
+    "supcon": Objective(1, True, lambda p, labels, config: losses.supcon_loss(
+        p, labels, temperature=config.supcon_temperature)),
+    "triplet": Objective(1, True, lambda p, labels, config: losses.triplet_loss(
+        losses.l2_normalize(p), labels, margin=config.margin, mining=config.mining)),
+    "contrastive": Objective(1, True, lambda p, labels, config: losses.contrastive_loss(
+        losses.l2_normalize(p), labels, neg_margin=config.margin)),
+}
+"""``--config.loss`` values trained with a projection head; ``autoencoder`` and ``random`` are the others.
+A user's own ``package.module:attribute`` is ``loss(embeddings [n, d], labels [n]) -> [n]`` on labelled
+batches."""
+
+OTHER_LOSSES = ("autoencoder", "random")
+
+
+def objective(config: ml_collections.ConfigDict) -> Objective:
+  """The :class:`Objective` of ``config.loss`` (a user's own loss: one labelled view)."""
+  if config.loss in OBJECTIVES:
+    return OBJECTIVES[config.loss]
+  fn = training.lookup({**OBJECTIVES, **dict.fromkeys(OTHER_LOSSES)}, config.loss, "--config.loss")
+  return Objective(1, True, lambda p, labels, config: fn(p, labels))
+
+
 def load_data(config: ml_collections.ConfigDict) -> dict[str, metalax.data.ClassImages]:
-  """``{"train", "eval"}`` uint8 images ``[classes, per_class, 28, 28, 1]`` with disjoint classes (Omniglot)."""
-  data_dir = config.data_dir or os.path.join(REPO_ROOT, "..", "shared", "data", config.dataset)
+  """``{"train", "eval"}`` uint8 images ``[classes, per_class, 28, 28, 1]`` with disjoint classes."""
+  data_dir = metalax.data.resolve_data_dir(config.dataset, config.data_dir or None)
   if config.dataset == "omniglot":
-    characters = metalax.data.load_omniglot(data_dir, dtype=np.uint8, cache_dir=config.cache_dir or None)
+    characters = metalax.data.load_omniglot(data_dir, dtype=np.uint8, cache_dir=config.cache_dir or None,
+                                            download=config.download)
     splits = metalax.data.omniglot_splits(characters, "lake", angles=(0,))
     return {"train": splits["train"], "eval": splits["test"]}
   if config.dataset == "mnist":
-    return {"train": metalax.data.to_dense(metalax.data.mnist_class_images(data_dir, "train", dtype=np.uint8),
-                                           num_per_class=5421),
-            "eval": metalax.data.to_dense(metalax.data.mnist_class_images(data_dir, "test", dtype=np.uint8),
-                                          num_per_class=892)}
-  raise ValueError(f"unknown dataset {config.dataset!r}; expected omniglot or mnist.")
+    return {"train": metalax.data.to_dense(metalax.data.mnist_class_images(
+                data_dir, "train", dtype=np.uint8, download=config.download), num_per_class=5421),
+            "eval": metalax.data.to_dense(metalax.data.mnist_class_images(
+                data_dir, "test", dtype=np.uint8, download=config.download), num_per_class=892)}
+  raise ValueError(f"--config.dataset: unknown {config.dataset!r}; expected omniglot or mnist.")
 
 
-def make_encoder(config: ml_collections.ConfigDict) -> models.Conv4:
-  """The Conv-4 embedding network (no head), as ``experiments.fewshot`` builds its metric-learner backbone."""
-  return models.Conv4(None, hidden=config.hidden, variant=config.backbone, norm=config.norm)
-
-
-def make_augmentation(config: ml_collections.ConfigDict) -> augment.Augmentation:
-  return augment.compose(
-      augment.random_resized_crop(scale=(config.crop_scale, 1.0), ratio=(0.8, 1.25)),
-      augment.random_rotation(config.rotation),
-      augment.random_apply(augment.cutout(config.cutout), 0.5),
-      augment.gaussian_noise(config.noise))
+def make_encoder(config: ml_collections.ConfigDict) -> Any:
+  """The encoder (no head), as ``experiments.fewshot`` builds its embedding learners' model."""
+  return components.make_model(config, None)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for settings that cannot run, before any data is read."""
-  common.require_float32(config, "representation")
-  if config.method not in METHODS:
-    raise ValueError(f"--config.method must be one of {METHODS}, got {config.method!r}.")
-  if config.mining not in losses.contrastive.MININGS:
-    raise ValueError(f"--config.mining must be one of {losses.contrastive.MININGS}, got {config.mining!r}.")
-  for field in ("batch_size", "steps_per_call", "checkpoint_every", "num_test_episodes", "hidden",
-                "classes_per_batch", "examples_per_class", "num_queries", "probe_steps", "review_k"):
-    value = config[field]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"--config.{field} must be an int >= 1, got {value!r}.")
-  if not isinstance(config.num_iterations, int) or config.num_iterations < 0:
-    raise ValueError(f"--config.num_iterations must be an int >= 0, got {config.num_iterations!r}.")
-  if config.examples_per_class < 2 and config.method in LABELLED_METHODS:
-    raise ValueError("--config.examples_per_class must be >= 2: supcon and triplet need positives in a batch.")
+  """Raises ValueError for any field that cannot run, before data is read or anything compiled."""
+  settings = training.run_settings(config)
+  if settings["precision"] != "float32":
+    raise ValueError(f"--config.precision={settings['precision']}: the representation experiment trains in "
+                     "float32 only (mixed precision is implemented by the meta-learning entrypoints).")
+  training.check_choice(config, "mining", losses.contrastive.MININGS)
+  training.check_positive_int(config, "batch_size", "steps_per_call", "checkpoint_every", "num_test_episodes",
+                              "hidden", "classes_per_batch", "examples_per_class", "num_queries", "probe_steps",
+                              "review_k", "projector_hidden", "projection_dim")
+  training.check_nonnegative_int(config, "num_iterations", "code_dim", "num_eval_classes")
+  training.check_positive_float(config, "lr", "temperature", "supcon_temperature", "probe_lr")
+  if config.loss not in OTHER_LOSSES:
+    chosen = objective(config)
+    if chosen.labelled and config.examples_per_class < 2:
+      raise ValueError(f"--config.examples_per_class must be >= 2: {config.loss} needs positives in a batch.")
+  components.parse_augment(tuple(config.augment), mixing=True)
+  make_encoder(config)
 
 
 def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], mesh: jax.sharding.Mesh | None = None):
-  """``(init_params(key), loss(params, key, images [C, K, H, W, C]) -> (scalar, metrics), encode)``.
+  """``(init_params(key), loss(params, key, images [C, K, H, W, C]) -> (scalar, metrics), encode, autoencoder)``.
 
   The sampled batch is split across ``mesh`` (:func:`metalax.parallel.shard_batch`; None: one device).
   """
@@ -111,13 +147,23 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], mesh:
   shard = lambda batch: metalax.parallel.shard_batch(batch, mesh)
   encode = models.from_linen(encoder)
   sample = jnp.zeros((2, *image_shape))
-  augmentation = make_augmentation(config)
+  augmentation, mixes = components.parse_augment(tuple(config.augment), mixing=True)
   as_float = metalax.data.to_float32
 
-  if config.method == "autoencoder":
+  def augmented(key, images, labels=None, num_classes=1):
+    """The per-image augmentation, then each batch-level mixing (labels: the dominant one after mixing)."""
+    image_key, mix_key = jax.random.split(key)
+    if augmentation is not None:
+      images = augment.apply_batch(augmentation, image_key, images)
+    one_hot = jax.nn.one_hot(jnp.zeros(images.shape[0], jnp.int32) if labels is None else labels, num_classes)
+    for index, mix in enumerate(mixes):
+      images, one_hot, _ = mix(jax.random.fold_in(mix_key, index), images, one_hot)
+    return images, (None if labels is None else jnp.argmax(one_hot, -1))
+
+  if config.loss == "autoencoder":
     autoencoder = models.Autoencoder(encoder, models.Decoder(image_shape, tuple(config.decoder_features)),
                                      code_dim=config.code_dim or None, code_activation=config.code_activation)
-    objective = models.autoencoder_loss(
+    reconstruction = models.autoencoder_loss(
         models.from_linen(autoencoder), noise_std=config.noise_std, l1_weight=config.l1_weight,
         sparsity_weight=config.sparsity_weight, sparsity_target=config.sparsity_target)
 
@@ -127,13 +173,14 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], mesh:
     def loss(params, key, images):
       batch_key, noise_key = jax.random.split(key)
       batch = shard(as_float(random_images(batch_key, images, config.batch_size)))
-      value, metrics = objective(params, noise_key, batch)
+      value, metrics = reconstruction(params, noise_key, batch)
       codes = metrics.pop("codes")
       metrics.pop("per_example")
       return value, {**metrics, **losses.collapse_metrics(codes)}
 
     return init, loss, encode, autoencoder
 
+  chosen = objective(config) if config.loss != "random" else OBJECTIVES["nt_xent"]
   projector = models.MLP(features=(config.projector_hidden,), num_outputs=config.projection_dim)
 
   def init(key):
@@ -149,22 +196,14 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], mesh:
 
   def loss(params, key, images):
     batch_key, view_key = jax.random.split(key)
-    if config.method == "simclr":
-      batch = shard(as_float(random_images(batch_key, images, config.batch_size)))
-      views = jnp.concatenate([augment.apply_batch(augmentation, k, batch)
-                               for k in jax.random.split(view_key)])
-      features, projections = project(params, views)
-      per_example = losses.nt_xent(projections, temperature=config.temperature)
-    else:
+    if chosen.labelled:
       batch, labels = shard(labelled_batch(batch_key, images, config.classes_per_batch, config.examples_per_class))
-      views = augment.apply_batch(augmentation, view_key, as_float(batch))
-      features, projections = project(params, views)
-      if config.method == "supcon":
-        per_example = losses.supcon_loss(projections, labels, temperature=config.supcon_temperature)
-      else:
-        per_example = losses.triplet_loss(losses.l2_normalize(projections), labels, margin=config.margin,
-                                          mining=config.mining)
-    value = jnp.mean(per_example)
+      views, labels = augmented(view_key, as_float(batch), labels, config.classes_per_batch)
+    else:
+      batch, labels = shard(as_float(random_images(batch_key, images, config.batch_size))), None
+      views = jnp.concatenate([augmented(k, batch)[0] for k in jax.random.split(view_key, chosen.views)])
+    features, projections = project(params, views)
+    value = jnp.mean(chosen.loss(projections, labels, config))
     return value, {"loss": value, **losses.collapse_metrics(features)}
 
   return init, loss, encode, None
@@ -211,7 +250,7 @@ def few_shot_accuracy(embeddings: np.ndarray, key: jax.Array, num_ways: int, num
     for batch_key in jax.random.split(key, -(-num_episodes // 100)):
       episodes = metalax.sample_episodes(batch_key, unit, 100, num_ways, num_shots, num_queries)
       accuracies.append(np.asarray(evaluate(episodes)["accuracy"]))
-    mean, interval = common.mean_and_interval(np.concatenate(accuracies)[:num_episodes])
+    mean, interval = training.mean_and_interval(np.concatenate(accuracies)[:num_episodes])
     results[name] = (float(mean), float(interval))
   return results
 
@@ -294,27 +333,27 @@ def write_reconstructions(autoencoder, params, images: np.ndarray, path: str, ti
   logits, _ = autoencoder.apply({"params": params}, inputs)
   recon = np.asarray(jax.nn.sigmoid(logits))
   grid = transfer.image_grid(np.concatenate([np.asarray(inputs), recon]), num_columns=images.shape[0])
-  fig, ax = plt.subplots(figsize=(0.45 * images.shape[0] + 0.5, 1.3))
+  fig, ax = reporting.subplots(figsize=(0.45 * images.shape[0] + 0.5, 1.3))
   ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1)
   ax.axis("off")
   ax.set_title(title, fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def load_encoder(workdir: str, config: ml_collections.ConfigDict, image_shape=(28, 28, 1)) -> Any:
   """The encoder params saved in ``workdir/encoder/`` (as ``{"params": ...}``), shaped by ``config``'s encoder."""
   encoder = make_encoder(config)
   abstract = jax.eval_shape(lambda: {"params": encoder.init(jax.random.key(0), jnp.zeros((2, *image_shape)))["params"]})
-  return common.restore_latest(os.path.join(workdir, "encoder"), abstract, f"encoder of {workdir}")["params"]
+  return training.restore_latest(os.path.join(workdir, "encoder"), abstract, f"encoder of {workdir}")["params"]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Pretrains (unless ``method == "random"``), evaluates the frozen encoder and writes the results."""
+  """Pretrains (unless ``loss == "random"``), evaluates the frozen encoder and writes the results."""
   check_config(config)
-  workdir = common.prepare_workdir(workdir)
-  common.write_run_info(workdir, config)
+  workdir = training.prepare_workdir(workdir)
+  training.check_resume(workdir, config)
+  training.write_run_info(workdir, config)
   data = load_data(config)
   if config.num_eval_classes:
     data["eval"] = metalax.data.select_classes(data["eval"], range(min(config.num_eval_classes,
@@ -328,8 +367,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_images = jax.device_put(data["train"].images)
   image_shape = data["train"].image_shape
   init_key, train_key, eval_key = jax.random.split(jax.random.key(config.seed), 3)
-  labelled = config.method in LABELLED_METHODS
-  mesh = common.make_mesh(config, config.classes_per_batch * config.examples_per_class if labelled
+  labelled = config.loss not in OTHER_LOSSES and objective(config).labelled
+  mesh = training.make_mesh(config, config.classes_per_batch * config.examples_per_class if labelled
                           else config.batch_size)
   init, loss, encode, autoencoder = build(config, image_shape, mesh)
   params = init(init_key)
@@ -342,30 +381,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   state = {"params": params, "opt_state": optimizer.init(params)}
   begin = time.perf_counter()
-  if config.num_iterations > 0:
-    state = common.train_loop(step, state, data=train_images, key=train_key, num_iterations=config.num_iterations,
-                              steps_per_call=config.steps_per_call, checkpoint_every=config.checkpoint_every,
-                              run_dir=workdir, desc=config.preset, mesh=mesh,
-                              on_nan=common.run_settings(config)["on_nan"])
+  if config.num_iterations > 0 and config.loss != "random":
+    state = training.train_loop(step, state, data=train_images, key=train_key,
+                                num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
+                                checkpoint_every=config.checkpoint_every, run_dir=workdir, desc=config.preset,
+                                mesh=mesh, on_nan=config.on_nan)
     state = metalax.parallel.local_copy(state)
   train_seconds = time.perf_counter() - begin
   encoder_params = state["params"]["encoder"]
-  encoder_manager = common.checkpoint_manager(os.path.join(workdir, "encoder"), max_to_keep=1)
-  encoder_manager.save(config.num_iterations, args=common.ocp.args.StandardSave({"params": encoder_params}),
-                       force=True)
-  encoder_manager.wait_until_finished()
+  training.save_checkpoint(os.path.join(workdir, "encoder"), config.num_iterations, {"params": encoder_params})
 
   begin = time.perf_counter()
   results = evaluate_encoder(encode, encoder_params, data["eval"].images, config, eval_key, workdir)
-  results.update(method=config.method, preset=config.preset, dataset=config.dataset,
+  results.update(loss=config.loss, preset=config.preset, dataset=config.dataset,
                  num_iterations=config.num_iterations, train_seconds=round(train_seconds, 1),
                  eval_seconds=round(time.perf_counter() - begin, 1))
   if autoencoder is not None:
     picks = np.asarray(data["eval"].images[:12, 0])
     write_reconstructions(autoencoder, state["params"], picks, os.path.join(workdir, "reconstructions.png"),
                           f"{config.preset}: evaluation characters (top) and reconstructions (bottom)")
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  training.write_json(os.path.join(workdir, "results.json"), results)
   summary = ", ".join(f"{k} {100 * v:.1f}%" for k, v in results.items()
                       if k.endswith(("prototype", "nearest_neighbour")) or k == "linear_probe_accuracy")
   logging.info("%s: %s", config.preset, summary)
@@ -374,62 +409,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   return results
 
 
-def summarize(run_dirs: dict[str, str], path: str) -> str:
-  """A markdown table of several runs' ``results.json`` (rows in the given order), written to ``path``.
-
-  Args:
-    run_dirs: ``{row label: workdir}``.
-    path: the markdown file to write.
-
-  Returns:
-    The table.
-  """
-  rows = {label: json.load(open(os.path.join(d, "results.json"))) for label, d in run_dirs.items()}
-  first = next(iter(rows.values()))
-  cells = [key[:-len("_prototype")] for key in first if key.endswith("_prototype")]
-  header = ["encoder"] + [f"{c.replace('way_', '-way ').replace('shot', '-shot')} proto / 1-NN" for c in cells]
-  header += ["linear probe", "eff. rank", "train s"]
-  lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-  for label, r in rows.items():
-    line = [label]
-    for c in cells:
-      line.append(f"{100 * r[c + '_prototype']:.1f} ± {100 * r[c + '_prototype_interval']:.1f} / "
-                  f"{100 * r[c + '_nearest_neighbour']:.1f}")
-    line += [f"{100 * r['linear_probe_accuracy']:.1f}", f"{r['effective_rank']:.1f}", f"{r['train_seconds']:.0f}"]
-    lines.append("| " + " | ".join(line) + " |")
-  table = "\n".join(lines) + "\n"
-  with open(path, "w") as f:
-    f.write(table)
-  return table
-
-
-def plot_training(run_dirs: dict[str, str], path: str) -> None:
-  """Training loss (each method's own scale) and the collapse diagnostics of several runs against iterations."""
-  fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-  for label, directory in run_dirs.items():
-    records = [json.loads(line) for line in open(os.path.join(directory, "metrics.jsonl"))]
-    steps = [r["step"] for r in records]
-    first = records[0]["loss"]
-    axes[0].plot(steps, [r["loss"] / first for r in records], label=label)
-    axes[1].plot(steps, [r["embedding_std"] for r in records], label=label)
-    axes[2].plot(steps, [r["effective_rank"] for r in records], label=label)
-  for ax, title in zip(axes, ("training loss / its first value", "embedding std x sqrt(d) (0 = collapse)",
-                              "effective rank of the batch's features")):
-    ax.set_xlabel("iteration")
-    ax.set_title(title, fontsize=9)
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def stack_images(paths: list[str], path: str) -> None:
-  """Stacks PNG files vertically into one PNG (e.g. the reconstruction grids of several autoencoders)."""
-  images = [plt.imread(p)[..., :3] for p in paths]
-  width = max(image.shape[1] for image in images)
-  padded = [np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=1.0) for image in images]
-  plt.imsave(path, np.concatenate(padded))
-
-
 if __name__ == "__main__":
-  common.run_experiment(train_and_evaluate, os.path.join(os.path.dirname(__file__), "configs", "representation.py"))
+  training.run(train_and_evaluate, os.path.join(os.path.dirname(__file__), "configs", "representation.py"))

@@ -21,33 +21,28 @@ and selection), ``surgical.md`` (the same as a markdown table),
 
 Usage:
   python -m experiments.surgical --workdir=/tmp/surgical \
-      --config=experiments/configs/representation.py:surgical
+      --config=experiments/configs/surgical.py
 """
 
-import json
 import os
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 import optax
 
 import metalax
-from experiments import common
+from experiments import reporting
 from metalax import losses
 from metalax import models
+from metalax import training
 from metalax import transfer
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 SHIFTS = ("inverted", "noisy", "permuted")
 SELECTIONS = ("none", "all") + tuple(transfer.CONV4_BLOCKS)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_BATCH = 2000
 
 
@@ -66,17 +61,21 @@ def shift_data(shift: str, images: np.ndarray, labels: np.ndarray, key: jax.Arra
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  common.require_float32(config, "surgical")
+  settings = training.run_settings(config)
+  if settings["precision"] != "float32":
+    raise ValueError(f"--config.precision={settings['precision']}: the surgical experiment trains in float32 only.")
   for shift in config.shifts:
     if shift not in SHIFTS:
       raise ValueError(f"--config.shifts: unknown shift {shift!r}; expected some of {SHIFTS}.")
   for selection in config.selections:
     if selection not in SELECTIONS:
       raise ValueError(f"--config.selections: unknown selection {selection!r}; expected some of {SELECTIONS}.")
-  for field in ("num_iterations", "batch_size", "steps_per_call", "finetune_steps", "num_seeds", "target_shots",
-                "hidden", "review_k"):
-    if isinstance(config[field], bool) or not isinstance(config[field], int) or config[field] < 1:
-      raise ValueError(f"--config.{field} must be an int >= 1, got {config[field]!r}.")
+  training.check_positive_int(config, "num_iterations", "batch_size", "steps_per_call", "checkpoint_every",
+                              "finetune_steps", "num_seeds", "target_shots", "validation_shots", "hidden", "review_k")
+  training.check_nonnegative_int(config, "num_train_examples", "num_test_examples")
+  training.check_positive_float(config, "lr")
+  if not config.finetune_lrs or min(config.finetune_lrs) <= 0:
+    raise ValueError(f"--config.finetune_lrs must be a non-empty tuple of positive rates, got {config.finetune_lrs!r}.")
 
 
 def accuracy_on(apply_fn, params, images: np.ndarray, labels: np.ndarray) -> float:
@@ -135,11 +134,12 @@ def make_finetune(apply_fn, params, selection: str, config: ml_collections.Confi
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Pretrains on MNIST, reviews its hardest training examples, then fine-tunes per shift and selection."""
   check_config(config)
-  workdir = common.prepare_workdir(workdir)
-  common.write_run_info(workdir, config)
-  data_dir = config.data_dir or os.path.join(REPO_ROOT, "..", "shared", "data", "mnist")
-  train_images, train_labels = metalax.data.load_mnist(data_dir, "train")
-  test_images, test_labels = metalax.data.load_mnist(data_dir, "test")
+  workdir = training.prepare_workdir(workdir)
+  training.check_resume(workdir, config)
+  training.write_run_info(workdir, config)
+  data_dir = metalax.data.resolve_data_dir("mnist", config.data_dir or None)
+  train_images, train_labels = metalax.data.load_mnist(data_dir, "train", download=config.download)
+  test_images, test_labels = metalax.data.load_mnist(data_dir, "test", download=config.download)
   if config.num_train_examples:
     train_images, train_labels = train_images[:config.num_train_examples], train_labels[:config.num_train_examples]
   if config.num_test_examples:
@@ -147,12 +147,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   corrections = transfer.read_corrections(config.corrections) if config.corrections else {}
   train_labels = transfer.apply_corrections(train_labels, corrections, num_classes=10)
   init_key, train_key, target_key = jax.random.split(jax.random.key(config.seed), 3)
-  model = models.Conv4(num_outputs=10, hidden=config.hidden, variant=config.backbone, norm=config.norm)
+  model = models.Conv4(num_outputs=10, hidden=config.hidden, variant=config.conv4_variant, norm=config.norm)
   apply_fn = models.from_linen(model)
-  params = model.init(init_key, jnp.zeros((2, 28, 28, 1)))["params"]
+  params = jax.jit(model.init)(init_key, jnp.zeros((2, 28, 28, 1)))["params"]
   optimizer = optax.adam(config.lr)
 
-  mesh = common.make_mesh(config, config.batch_size)
+  mesh = training.make_mesh(config, config.batch_size)
 
   def step(state, key, data):
     images, labels = data
@@ -164,11 +164,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, {"loss": value}
 
   begin = time.perf_counter()
-  state = common.train_loop(step, {"params": params, "opt_state": optimizer.init(params)},
-                            data=(jax.device_put(train_images), jax.device_put(train_labels)), key=train_key,
-                            num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
-                            checkpoint_every=config.checkpoint_every, run_dir=workdir, desc="pretrain", mesh=mesh,
-                            on_nan=common.run_settings(config)["on_nan"])
+  state = training.train_loop(step, {"params": params, "opt_state": optimizer.init(params)},
+                              data=(jax.device_put(train_images), jax.device_put(train_labels)), key=train_key,
+                              num_iterations=config.num_iterations, steps_per_call=config.steps_per_call,
+                              checkpoint_every=config.checkpoint_every, run_dir=workdir, desc="pretrain", mesh=mesh,
+                              on_nan=config.on_nan)
   pretrain_seconds = time.perf_counter() - begin
   params = metalax.parallel.local_copy(state["params"])
   train_losses, train_predictions = per_example_losses(apply_fn, params, train_images, train_labels)
@@ -220,47 +220,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              "finetune_seconds": round(time.perf_counter() - begin, 1),
              "target_examples": f"{config.target_shots} per class (x10)", "finetune_steps": config.finetune_steps,
              "corrected_examples": corrected}
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  write_table(table, config, clean_accuracy, os.path.join(workdir, "surgical.md"))
-  plot_table(table, os.path.join(workdir, "surgical.png"), config.target_shots)
+  training.write_json(os.path.join(workdir, "results.json"), results)
+  reporting.write_surgical_table(table, config, clean_accuracy, os.path.join(workdir, "surgical.md"))
+  reporting.plot_surgical(table, os.path.join(workdir, "surgical.png"), config.target_shots)
   print(f"clean test accuracy after pretraining {100 * clean_accuracy:.2f}%")
   return results
 
 
-def write_table(table, config, clean_accuracy: float, path: str) -> None:
-  selections = list(config.selections)
-  lines = [f"Clean MNIST test accuracy after pretraining: {100 * clean_accuracy:.2f}%.", "",
-           "| shift | " + " | ".join(selections) + " |", "|---|" + "---|" * len(selections)]
-  for shift, row in table.items():
-    best = max((row[s]["mean"] for s in selections if s != "all"), default=0.0)
-    cells = []
-    for s in selections:
-      text = f"{100 * row[s]['mean']:.1f} ± {100 * row[s]['std']:.1f}"
-      cells.append(f"**{text}**" if s != "all" and row[s]["mean"] == best else text)
-    lines.append(f"| {shift} | " + " | ".join(cells) + " |")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
-
-
-def plot_table(table, path: str, shots: int) -> None:
-  shifts = list(table)
-  selections = list(next(iter(table.values())))
-  fig, axes = plt.subplots(1, len(shifts), figsize=(3.4 * len(shifts), 3), squeeze=False)
-  for ax, shift in zip(axes[0], shifts):
-    means = [100 * table[shift][s]["mean"] for s in selections]
-    stds = [100 * table[shift][s]["std"] for s in selections]
-    ax.bar(range(len(selections)), means, yerr=stds, color=["0.6", "0.3"] + ["C0"] * (len(selections) - 2))
-    ax.set_xticks(range(len(selections)), selections, rotation=45, fontsize=8)
-    ax.set_title(shift)
-    ax.set_ylabel("shifted test accuracy (%)")
-    ax.set_ylim(0, 100)
-  fig.suptitle(f"MNIST: fine-tuning one block at a time on {shots} labelled shifted images per class", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 if __name__ == "__main__":
-  common.run_experiment(train_and_evaluate,
-                        os.path.join(os.path.dirname(__file__), "configs", "representation.py") + ":surgical")
+  training.run(train_and_evaluate, os.path.join(os.path.dirname(__file__), "configs", "surgical.py"))

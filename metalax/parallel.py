@@ -15,7 +15,9 @@ draws only its own tasks, and the same tasks whatever the number of devices.
 
 Example:
   >>> mesh = metalax.parallel.data_mesh()                    # all devices
-  >>> step = jax.jit(metalax.parallel.train_step(learner, optimizer, mesh))
+  >>> meta_step = metalax.meta.train_step(learner, optimizer)
+  >>> step = jax.jit(lambda mp, s, episodes: meta_step(mp, s, metalax.parallel.shard_batch(episodes, mesh)),
+  ...                donate_argnums=(0, 1))
   >>> meta_params, opt_state = metalax.parallel.replicate((meta_params, opt_state), mesh)
   >>> meta_params, opt_state, metrics = step(meta_params, opt_state, episodes)
 """
@@ -25,12 +27,10 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
-from metalax.meta import base
 
 DATA_AXIS = "data"
 """The name of the mesh axis that batches are split along."""
@@ -147,32 +147,6 @@ def local_copy(tree: Any) -> Any:
   return jax.tree.map(_local_copy, tree)
 
 
-def train_step(learner: base.MetaLearner, optimizer: optax.GradientTransformation, mesh: Mesh | None, *,
-               tasks_per_chunk: int | None = None
-               ) -> Callable[[Any, optax.OptState, Any], tuple[Any, optax.OptState, base.Aux]]:
-  """:func:`metalax.meta.train_step` with the ``[B]`` episodes split across ``mesh``.
-
-  Args:
-    learner: any :class:`~metalax.meta.MetaLearner`.
-    optimizer: the outer optimizer.
-    mesh: from :func:`data_mesh`; None for one device (the plain step).
-    tasks_per_chunk: episodes per chunk of the meta-gradient, see
-      :func:`metalax.meta.train_step`.
-
-  Returns:
-    ``step(meta_params, opt_state, episodes) -> (meta_params, opt_state,
-    metrics)``, to wrap in ``jax.jit``; ``meta_params`` and ``opt_state`` stay
-    replicated.
-  """
-  step = base.train_step(learner, optimizer, tasks_per_chunk=tasks_per_chunk)
-
-  def sharded(meta_params, opt_state, episodes):
-    meta_params, opt_state, metrics = step(meta_params, opt_state, shard_batch(episodes, mesh))
-    return replicate(meta_params, mesh), replicate(opt_state, mesh), metrics
-
-  return step if mesh is None else sharded
-
-
 def precision_dtype(name: str) -> Any:
   """The compute dtype called ``name`` (``float32``, ``bfloat16``, ``float16``).
 
@@ -225,16 +199,18 @@ def mixed_precision(fn: Callable[..., Any], compute_dtype: Any = jnp.bfloat16,
   return wrapped
 
 
-def with_precision(learner: base.MetaLearner, precision: str) -> base.MetaLearner:
-  """``learner`` whose meta-objective (inner loop included) computes in ``precision``.
+def with_precision(method: Any, precision: str) -> Any:
+  """``method`` whose training objective ``method.loss`` computes in ``precision``.
 
-  ``adapt`` and ``predict`` (used for evaluation) are left in the parameters'
-  dtype. ``precision="float32"`` returns ``learner`` itself.
+  ``method`` is any NamedTuple of functions with a ``loss`` field (a
+  :class:`metalax.meta.MetaLearner`: its inner loop included); its other
+  functions (``adapt`` and ``predict``, used for evaluation) are left in the
+  parameters' dtype. ``precision="float32"`` returns ``method`` itself.
 
   Raises:
     ValueError: for an unknown precision.
   """
   dtype = precision_dtype(precision)
   if dtype == jnp.float32:
-    return learner
-  return learner._replace(loss=mixed_precision(learner.loss, dtype))
+    return method
+  return method._replace(loss=mixed_precision(method.loss, dtype))
