@@ -6,6 +6,11 @@ distributed at yann.lecun.com/exdb/mnist; the uncompressed files without
 ``.gz`` are read too). IDX format: a big-endian header ``0, 0, type, ndim``
 (images: magic 2051 = uint8 with 3 dimensions; labels: 2049 = uint8 with 1),
 ``ndim`` big-endian uint32 sizes, then the data in C order.
+
+The folder follows :func:`metalax.data.resolve_data_dir` (``data_dir``, else
+``$METALAX_DATA_DIR/mnist``, else ``~/metalax_data/mnist``); missing files are
+downloaded (:data:`metalax.data.download.RESOURCES`, checked against their
+SHA-256) unless ``download=False``.
 """
 
 import gzip
@@ -14,8 +19,10 @@ import zlib
 
 import numpy as np
 
+from metalax.data.download import fetch
 from metalax.data.images import RaggedClassImages
 from metalax.data.images import from_labelled
+from metalax.data.paths import resolve_data_dir
 
 SPLITS = {"train": "train", "test": "t10k"}
 """Split name -> file prefix."""
@@ -100,19 +107,36 @@ def _find(data_dir: str, name: str) -> str:
       f"t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz in {data_dir}.")
 
 
-def load_mnist(data_dir: str | os.PathLike, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+def _ensure_files(data_dir: str | os.PathLike | None, prefix: str, download: bool) -> str:
+  """The MNIST folder, after downloading the split's missing files (gzip or not counts)."""
+  folder = resolve_data_dir("mnist", data_dir)
+  missing = [f"{prefix}-{kind}-idx{rank}-ubyte.gz" for kind, rank in (("images", 3), ("labels", 1))
+             if not any(os.path.isfile(os.path.join(folder, f"{prefix}-{kind}-idx{rank}-ubyte"
+                                                    + suffix)) for suffix in (".gz", ""))]
+  if missing:
+    fetch("mnist", data_dir, filenames=missing, download=download, title="MNIST")
+  return folder
+
+
+def load_mnist(data_dir: str | os.PathLike | None = None, split: str = "train", *,
+               download: bool = True) -> tuple[np.ndarray, np.ndarray]:
   """Loads one MNIST split as arrays.
 
   Args:
-    data_dir: folder holding the IDX files.
+    data_dir: folder holding the IDX files; None for
+      :func:`metalax.data.resolve_data_dir`'s choice.
     split: ``"train"`` (60,000 images) or ``"test"`` (10,000).
+    download: fetch the split's missing files (ossci-datasets S3 mirror, then
+      Google's cvdf mirror; SHA-256 checked); False to only read.
 
   Returns:
     ``(images, labels)``: ``images [N, 28, 28, 1]`` uint8 in ``[0, 255]``
     (white digit on black, as stored), ``labels [N]`` int32 in ``[0, 10)``.
 
   Raises:
-    FileNotFoundError: if a file is missing (the message names it).
+    FileNotFoundError: if a file is missing and ``download`` is False (the
+      message names the files, the folder and the download it would make).
+    metalax.data.download.DownloadError: if a download failed.
     ValueError: if a file is truncated or corrupt, has the wrong magic number,
       images are not 28x28, the counts of images and labels differ, or a label
       is outside ``[0, 10)``; or for an unknown split.
@@ -124,8 +148,8 @@ def load_mnist(data_dir: str | os.PathLike, split: str = "train") -> tuple[np.nd
   """
   if split not in SPLITS:
     raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}.")
-  data_dir = os.fspath(data_dir)
   prefix = SPLITS[split]
+  data_dir = _ensure_files(data_dir, prefix, download)
   arrays = {}
   for kind, magic, rank in (("images", IMAGES_MAGIC, 3), ("labels", LABELS_MAGIC, 1)):
     path = _find(data_dir, f"{prefix}-{kind}-idx{rank}-ubyte")
@@ -145,8 +169,8 @@ def load_mnist(data_dir: str | os.PathLike, split: str = "train") -> tuple[np.nd
   return images[..., None], labels.astype(np.int32)
 
 
-def mnist_class_images(data_dir: str | os.PathLike, split: str = "train",
-                       dtype=np.float32) -> RaggedClassImages:
+def mnist_class_images(data_dir: str | os.PathLike | None = None, split: str = "train",
+                       dtype=np.float32, *, download: bool = True) -> RaggedClassImages:
   """Loads one MNIST split grouped by digit.
 
   The ten classes have different counts (train: 5421 to 6742 images), so the
@@ -155,9 +179,11 @@ def mnist_class_images(data_dir: str | os.PathLike, split: str = "train",
   explicitly.
 
   Args:
-    data_dir: folder holding the IDX files.
+    data_dir: folder holding the IDX files; None for
+      :func:`metalax.data.resolve_data_dir`'s choice.
     split: ``"train"`` or ``"test"``.
     dtype: ``np.float32`` (``[0, 1]``) or ``np.uint8`` (``[0, 255]``).
+    download: fetch missing files, as :func:`load_mnist`.
 
   Returns:
     A :class:`~metalax.data.images.RaggedClassImages` with classes ``"0"`` to
@@ -169,7 +195,7 @@ def mnist_class_images(data_dir: str | os.PathLike, split: str = "train",
   dtype = np.dtype(dtype)
   if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
     raise ValueError(f"dtype must be uint8 or a float type, got {dtype}.")
-  images, labels = load_mnist(data_dir, split)
+  images, labels = load_mnist(data_dir, split, download=download)
   data = from_labelled(images, labels)
   if dtype != np.uint8:
     data = data.replace(images=data.images.astype(dtype) / dtype.type(255))

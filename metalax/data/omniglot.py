@@ -44,9 +44,11 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from metalax.data.download import fetch
 from metalax.data.images import ClassImages
 from metalax.data.images import rotate_classes
 from metalax.data.images import select_classes
+from metalax.data.paths import default_cache_dir
 
 ARCHIVES = ("background", "evaluation")
 """The two archives: ``images_background.zip`` and ``images_evaluation.zip``."""
@@ -67,20 +69,11 @@ _MEMBER = re.compile(
     r"^images_(background|evaluation)/([^/]+)/(character\d+)/(\d+_\d+)\.png$")
 
 
-def default_cache_dir() -> str:
-  """``$XDG_CACHE_HOME/metalax``, else ``~/.cache/metalax``."""
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "metalax")
-
-
-def _archive_path(data_dir: str, archive: str) -> str:
-  path = os.path.join(os.fspath(data_dir), f"images_{archive}.zip")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(
-        f"Omniglot archive not found: {path}. Expected images_background.zip and "
-        "images_evaluation.zip (the original archives from github.com/brendenlake/omniglot, "
-        f"python/) in {os.fspath(data_dir)}.")
-  return path
+def _archive_paths(data_dir: str | os.PathLike | None, archives: Sequence[str],
+                   download: bool) -> list[str]:
+  folder = fetch("omniglot", data_dir, filenames=[f"images_{archive}.zip" for archive in archives],
+                 download=download, title="Omniglot")
+  return [os.path.join(folder, f"images_{archive}.zip") for archive in archives]
 
 
 def _fingerprint(path: str) -> dict:
@@ -221,15 +214,16 @@ def _write_cache(path: str, key: str, images: np.ndarray, names: list[str]) -> N
       os.remove(temporary)
 
 
-def load_omniglot(data_dir: str | os.PathLike, *, image_size: int | None = 28,
+def load_omniglot(data_dir: str | os.PathLike | None = None, *, image_size: int | None = 28,
                   resample: str = "lanczos", dtype=np.float32,
                   cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                  archives: Sequence[str] = ARCHIVES) -> ClassImages:
+                  archives: Sequence[str] = ARCHIVES, download: bool = True) -> ClassImages:
   """Loads every Omniglot character as one class, ink 1 on background 0.
 
   Args:
     data_dir: folder holding ``images_background.zip`` and
-      ``images_evaluation.zip``.
+      ``images_evaluation.zip``; None for
+      :func:`metalax.data.resolve_data_dir`'s choice.
     image_size: side of the square output images, or None to keep the original
       105x105.
     resample: the resize filter: ``"lanczos"`` (default), ``"box"`` (area
@@ -242,6 +236,8 @@ def load_omniglot(data_dir: str | os.PathLike, *, image_size: int | None = 28,
     use_cache: False to neither read nor write the cache.
     archives: which archives to read, a subset of ``("background",
       "evaluation")``, in that order.
+    download: fetch a missing archive from github.com/brendenlake/omniglot
+      (SHA-256 checked); False to only read.
 
   Returns:
     A :class:`~metalax.data.images.ClassImages`, ``images [1623, 20,
@@ -250,7 +246,9 @@ def load_omniglot(data_dir: str | os.PathLike, *, image_size: int | None = 28,
     ``"images_background/Arcadian/character01"``.
 
   Raises:
-    FileNotFoundError: if an archive is missing (the message names the path).
+    FileNotFoundError: if an archive is missing and ``download`` is False (the
+      message names the files, the folder and the download it would make).
+    metalax.data.download.DownloadError: if a download failed.
     ValueError: if an archive is not a zip, is truncated or corrupt, is not an
       Omniglot archive, has a member with an absolute or ``..`` path, or a
       character without 20 drawings; or for a bad argument.
@@ -277,7 +275,7 @@ def load_omniglot(data_dir: str | os.PathLike, *, image_size: int | None = 28,
   dtype = np.dtype(dtype)
   if dtype != np.uint8 and not np.issubdtype(dtype, np.floating):
     raise ValueError(f"dtype must be uint8 or a float type, got {dtype}.")
-  paths = [_archive_path(data_dir, archive) for archive in archives]
+  paths = _archive_paths(data_dir, archives, download)
 
   images = names = None
   if use_cache:

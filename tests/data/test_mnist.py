@@ -1,16 +1,15 @@
 """Tests for metalax.data.mnist: fake IDX files, then the real files."""
 
 import gzip
-import pathlib
 
+import fake_data
 import numpy as np
 import pytest
 
 from metalax.data import mnist
 from metalax.data.images import RaggedClassImages
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-REAL_DATA = REPO.parent / "shared" / "data" / "mnist"
+REAL_DATA = fake_data.real_data("mnist")
 
 
 def _idx(array: np.ndarray, type_code: int = 0x08) -> bytes:
@@ -125,8 +124,8 @@ class TestLoadMnist:
   def test_missing_file(self, fake_dir):
     data_dir, _, _ = fake_dir
     (data_dir / "train-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(FileNotFoundError, match="train-labels-idx1-ubyte.gz"):
-      mnist.load_mnist(data_dir, "train")
+    with pytest.raises(FileNotFoundError, match="expected train-labels-idx1-ubyte.gz in"):
+      mnist.load_mnist(data_dir, "train", download=False)
 
   def test_swapped_files(self, fake_dir):
     data_dir, _, _ = fake_dir
@@ -160,18 +159,17 @@ class TestLoadMnist:
       mnist.mnist_class_images(fake_dir[0], dtype=np.int16)
 
 
-@pytest.mark.skipif(not (REAL_DATA / "t10k-images-idx3-ubyte.gz").is_file(),
-                    reason=f"real MNIST files not found in {REAL_DATA}")
+@fake_data.needs_real_data("mnist")
 class TestRealData:
 
   def test_splits(self):
-    images, labels = mnist.load_mnist(REAL_DATA, "train")
+    images, labels = mnist.load_mnist(REAL_DATA, "train", download=False)
     assert images.shape == (60000, 28, 28, 1) and labels.shape == (60000,)
     np.testing.assert_array_equal(
         np.bincount(labels), [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949])
     assert images.max() == 255 and images.min() == 0
     assert (images[:, 0, 0, 0] == 0).all()  # black background, white digit
-    test = mnist.mnist_class_images(REAL_DATA, "test", dtype=np.uint8)
+    test = mnist.mnist_class_images(REAL_DATA, "test", dtype=np.uint8, download=False)
     np.testing.assert_array_equal(
         test.counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
     assert test.class_names == tuple(str(digit) for digit in range(10))

@@ -2,10 +2,10 @@
 
 import io
 import os
-import pathlib
 import time
 import zipfile
 
+import fake_data
 import jax
 import numpy as np
 from PIL import Image
@@ -14,8 +14,7 @@ import pytest
 from metalax.data import omniglot
 from metalax.episodes import sample_episode
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-REAL_DATA = REPO.parent / "shared" / "data" / "omniglot"
+REAL_DATA = fake_data.real_data("omniglot")
 
 
 def _png(ink_row: int, size: int = 105, corrupt: bool = False) -> bytes:
@@ -141,10 +140,15 @@ class TestErrors:
 
   def test_missing_archive(self, fake_dir, tmp_path):
     os.remove(fake_dir / "images_evaluation.zip")
-    with pytest.raises(FileNotFoundError, match="images_evaluation.zip") as error:
-      omniglot.load_omniglot(fake_dir, cache_dir=tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="expected images_evaluation.zip in") as error:
+      omniglot.load_omniglot(fake_dir, cache_dir=tmp_path / "cache", download=False)
     assert str(fake_dir) in str(error.value)
-    assert "images_background.zip and images_evaluation.zip" in str(error.value)
+    assert "brendenlake/omniglot/master/python/images_evaluation.zip" in str(error.value)
+
+  def test_folder_from_the_environment(self, fake_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("METALAX_DATA_DIR", str(fake_dir.parent))
+    data = omniglot.load_omniglot(cache_dir=tmp_path / "cache", download=False)
+    assert data.num_classes == 6
 
   def test_truncated_zip(self, fake_dir, tmp_path):
     path = fake_dir / "images_background.zip"
@@ -242,16 +246,14 @@ VINYALS_TEST_GURMUKHI = ("character42", "character43", "character44", "character
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-  if not (REAL_DATA / "images_background.zip").is_file():
-    pytest.skip(f"real Omniglot archives not found in {REAL_DATA} (expected shared/data/omniglot "
-                "beside the checkout)")
   cache = tmp_path_factory.mktemp("omniglot_cache")
   start = time.perf_counter()
-  characters = omniglot.load_omniglot(REAL_DATA, cache_dir=cache, dtype=np.uint8)
+  characters = omniglot.load_omniglot(REAL_DATA, cache_dir=cache, dtype=np.uint8, download=False)
   decode_seconds = time.perf_counter() - start
   return characters, cache, decode_seconds
 
 
+@fake_data.needs_real_data("omniglot")
 class TestRealData:
 
   def test_full_load(self, real):
@@ -278,7 +280,7 @@ class TestRealData:
   def test_cached_load(self, real):
     characters, cache, decode_seconds = real
     start = time.perf_counter()
-    again = omniglot.load_omniglot(REAL_DATA, cache_dir=cache, dtype=np.uint8)
+    again = omniglot.load_omniglot(REAL_DATA, cache_dir=cache, dtype=np.uint8, download=False)
     cached_seconds = time.perf_counter() - start
     np.testing.assert_array_equal(again.images, characters.images)
     print(f"\nOmniglot: decode {decode_seconds:.1f} s, cached load {cached_seconds:.2f} s")
