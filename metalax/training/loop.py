@@ -101,7 +101,8 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
 
   Iteration ``i`` gets the key ``fold_in(key, i)``, so a resumed run sees the
   same data as an uninterrupted one. Up to ``steps_per_call`` iterations run in
-  one jitted loop that donates the state's buffers; a chunk always ends at a
+  one jitted loop that donates the state's buffers (a copy of the state
+  passed in, which stays usable); a chunk always ends at a
   multiple of ``checkpoint_every``, where the state is checkpointed and
   ``on_checkpoint`` runs (with ``checkpoint_every=250, steps_per_call=100`` the
   chunks end at 100, 200, 250, 350, ...; one program serves every length).
@@ -116,8 +117,8 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
       its batch across ``mesh`` it passes the batch through
       :func:`metalax.parallel.shard_batch`.
     state: the initial training state (a pytree); replaced by the latest
-      checkpoint when there is one. Its buffers are donated: use the returned
-      state, not this one, afterwards.
+      checkpoint when there is one. It stays usable: the loop donates the
+      buffers of its own copy.
     data: arrays the step reads (a ``jit`` argument, never baked into the
       program), or None.
     key: the data key.
@@ -163,6 +164,8 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
                                            best_mode=best_mode)
   state, data = parallel.replicate(state, mesh), parallel.replicate(data, mesh)
   state, start = checkpoints.restore_or_init(manager, state, what=desc.strip() or "resume")
+  if not start:  # the jitted chunk donates the state's buffers: never the caller's own arrays
+    state = jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, state)
   main_process = records.is_main_process()
   label = desc.strip() or "training"
 
