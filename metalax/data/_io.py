@@ -6,9 +6,11 @@ import io
 import json
 import os
 import pickle
+import tarfile
 import tempfile
 import zipfile
-from typing import Any, Callable
+import zlib
+from typing import Any, Callable, Iterator
 
 from absl import logging
 import numpy as np
@@ -72,6 +74,27 @@ def str_keys(mapping: Any, path: str) -> dict:
   if not isinstance(mapping, dict):
     raise ValueError(f"{path} must hold a dict, got {type(mapping).__name__}.")
   return {key.decode() if isinstance(key, bytes) else key: value for key, value in mapping.items()}
+
+
+def tar_gz_members(path: str, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+  """Streams ``(name, bytes)`` of the regular files of a ``.tar.gz`` whose name is ``wanted``.
+
+  The whole compressed stream is read to its end, so a truncated archive is an
+  error rather than a silently shorter list of members.
+
+  Raises:
+    ValueError: if the archive is not a readable, complete ``.tar.gz``.
+  """
+  try:
+    with tarfile.open(path, "r:gz") as archive:
+      for info in archive:
+        if info.isfile() and wanted(info.name):
+          yield info.name, archive.extractfile(info).read()
+      while archive.fileobj.read(1 << 20):
+        pass
+  except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+    raise ValueError(f"{path} is not a readable tar.gz archive (truncated or corrupt?): "
+                     f"{error}") from error
 
 
 def check_split(split: str) -> str:

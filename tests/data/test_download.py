@@ -15,7 +15,10 @@ from metalax.data import omniglot
 BODY = bytes(range(256)) * 40  # 10,240 bytes
 
 
-def _resource(server, *paths, body=BODY, size=len(BODY), sha256=None):
+SIZE = len(BODY)
+
+
+def _resource(server, *paths, body=BODY, size=SIZE, sha256=None):
   return download.Resource("file.bin", tuple(server.url(path) for path in paths),
                            sha256 or fake_data.sha256(body), size)
 
