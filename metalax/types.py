@@ -14,8 +14,22 @@ import jax.numpy as jnp
 Params = Any
 """A pytree of arrays: the parameters of a model."""
 
-ApplyFn = Callable[[Params, jax.Array], jax.Array]
-"""``apply_fn(params, inputs [n, *input_shape]) -> outputs [n, *output_shape]``."""
+ApplyFn = Callable[..., jax.Array]
+"""``apply_fn(params, inputs [n, *input_shape]) -> outputs [n, *output_shape]``.
+
+The PRNG-key contract for stochastic models (dropout, noise layers): such a
+model also accepts a keyword PRNG key, ``apply_fn(params, inputs, key=key)``
+with ``key`` from ``jax.random.key``, and its outputs are a deterministic
+function of ``(params, inputs, key)``. Called without a key (or ``key=None``),
+it must be deterministic too (e.g. dropout off, or a fixed mask). The adapters
+in :mod:`metalax.models` (``from_linen``, ``from_nnx``, ``from_function``) all
+return functions of this form. Every learner and the generic code in
+:mod:`metalax.meta` call ``apply_fn`` *without* a key unless the caller gave
+them one (``loss(meta_params, episode, key=key)``,
+``batch_loss(learner)(meta_params, episodes, key)``, ...), so a plain
+``apply_fn(params, inputs)`` keeps working; with a key they give every call
+of ``apply_fn`` its own key derived from it (see :class:`metalax.meta.MetaLearner`).
+"""
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 """``loss_fn(outputs [n, ...], labels [n, ...]) -> per-example losses [n]``."""
@@ -47,6 +61,18 @@ class Episode:
 
   support: Batch
   query: Batch
+
+
+def apply_model(apply_fn: ApplyFn, params: Params, inputs: jax.Array,
+                key: jax.Array | None = None) -> jax.Array:
+  """``apply_fn(params, inputs)``, or ``apply_fn(params, inputs, key=key)`` when a key is given.
+
+  The one place the key contract of :data:`ApplyFn` is applied: a model that
+  takes no key is never passed one unless the caller asked for randomness.
+  """
+  if key is None:
+    return apply_fn(params, inputs)
+  return apply_fn(params, inputs, key=key)
 
 
 def is_classification(labels: jax.Array) -> bool:

@@ -16,13 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from metalax import losses
-from metalax.meta.base import MetaLearner, MetaParams, TaskParams, query_loss
+from metalax.meta.base import MetaLearner, MetaParams, TaskParams, query_loss, split_key
 from metalax.meta.metric import EmbedFn, _check_num_ways, _embed
 from metalax.types import Batch, Params, is_classification
 
-ModelFn = Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
+ModelFn = Callable[..., jax.Array]
 """``model_fn(params, support_embeddings [n_support, d], support_labels [n_support],
-query_embeddings [n, d]) -> logits [n, num_ways]``."""
+query_embeddings [n, d]) -> logits [n, num_ways]``; a stochastic one also takes a
+keyword PRNG key ``key=`` (see :data:`metalax.types.ApplyFn`)."""
 
 
 class EpisodeTransformer(nn.Module):
@@ -113,7 +114,10 @@ def blackbox(embed_fn: EmbedFn, model_fn: ModelFn | nn.Module | None = None, *, 
       support_labels [n_support] int, query_embeddings [n, d]) -> logits [n,
       num_ways]``, or a linen module called that way (applied as
       ``module.apply({"params": params}, ...)``); default
-      ``EpisodeTransformer(num_ways=num_ways)``.
+      ``EpisodeTransformer(num_ways=num_ways)``. When the learner is given a
+      PRNG key, ``model_fn`` is called with a keyword ``key=`` too (a linen
+      module gets it as its ``"dropout"`` rng), and ``embed_fn`` as
+      ``embed_fn(params, inputs, key=key)``.
     num_ways: classes per episode, a static int >= 2.
     embedding_dim: the width ``d`` of the embeddings, needed only to
       initialise a module's parameters in ``init``.
@@ -161,8 +165,10 @@ def blackbox(embed_fn: EmbedFn, model_fn: ModelFn | nn.Module | None = None, *, 
           f"num_ways={model_fn.num_ways}.")
     module = model_fn
 
-    def model_fn(params, support_embeddings, support_labels, query_embeddings):
-      return module.apply({"params": params}, support_embeddings, support_labels, query_embeddings)
+    def model_fn(params, support_embeddings, support_labels, query_embeddings, key=None):
+      rngs = None if key is None else {"dropout": key}
+      return module.apply({"params": params}, support_embeddings, support_labels, query_embeddings,
+                          rngs=rngs)
   elif not callable(model_fn):
     raise ValueError(f"blackbox: model_fn must be callable or a linen module, got "
                      f"{type(model_fn).__name__}.")
@@ -180,21 +186,23 @@ def blackbox(embed_fn: EmbedFn, model_fn: ModelFn | nn.Module | None = None, *, 
                                         dummy)["params"]
     return {"params": {"embed": params, "model": model_params}}
 
-  def adapt(meta_params: MetaParams, support: Batch) -> TaskParams:
+  def adapt(meta_params: MetaParams, support: Batch, key: jax.Array | None = None) -> TaskParams:
     params = meta_params["params"]
     labels = support.labels
     if labels.ndim != 1 or not is_classification(labels):
       raise ValueError(
           f"blackbox: support labels must be [n] int class indices in [0, {num_ways}), got "
           f"shape {tuple(labels.shape)} and dtype {labels.dtype}.")
-    embeddings = _embed(embed_fn, params["embed"], support.inputs, "blackbox")
+    embeddings = _embed(embed_fn, params["embed"], support.inputs, "blackbox", key)
     return {"params": params, "support_embeddings": embeddings, "support_labels": labels}
 
-  def predict(task_params: TaskParams, inputs: jax.Array) -> jax.Array:
+  def predict(task_params: TaskParams, inputs: jax.Array, key: jax.Array | None = None) -> jax.Array:
     params = task_params["params"]
-    embeddings = _embed(embed_fn, params["embed"], inputs, "blackbox")
-    logits = model_fn(params["model"], task_params["support_embeddings"],
-                      task_params["support_labels"], embeddings)
+    embed_key, model_key = split_key(key)
+    embeddings = _embed(embed_fn, params["embed"], inputs, "blackbox", embed_key)
+    model_args = (params["model"], task_params["support_embeddings"], task_params["support_labels"],
+                  embeddings)
+    logits = model_fn(*model_args) if model_key is None else model_fn(*model_args, key=model_key)
     if getattr(logits, "shape", None) != (inputs.shape[0], num_ways):
       raise ValueError(
           f"blackbox: model_fn must return logits [n, num_ways] = {(inputs.shape[0], num_ways)}, "

@@ -8,8 +8,8 @@ import numpy as np
 import optax
 
 from metalax.meta import inner
-from metalax.meta.base import MetaLearner, MetaParams, query_loss, support_loss
-from metalax.types import ApplyFn, Batch, LossFn, Params
+from metalax.meta.base import MetaLearner, MetaParams, query_loss, split_key, support_loss
+from metalax.types import ApplyFn, Batch, LossFn, Params, apply_model
 
 
 def imaml(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int, reg: float,
@@ -24,7 +24,9 @@ def imaml(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int, reg: float,
   with ``H`` the Hessian of the support loss at ``adapted``, solved by
   ``cg_steps`` iterations of conjugate gradients on Hessian-vector products.
   Nothing of the inner loop is stored for the backward pass, so memory does
-  not grow with ``num_steps``.
+  not grow with ``num_steps``. With a PRNG key (a stochastic model), the key
+  of ``adapt`` is split into the inner steps' keys and one key for the
+  support loss whose Hessian the backward pass uses.
 
   Args:
     apply_fn: ``apply_fn(params, inputs) -> outputs``.
@@ -52,43 +54,47 @@ def imaml(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int, reg: float,
   if not isinstance(damping, (int, float)) or damping < 0:
     raise ValueError(f"damping must be a number >= 0, got {damping!r}.")
 
-  def solve(params: Params, support: Batch, num_steps: int) -> Params:
+  def solve(params: Params, support: Batch, num_steps: int, key: jax.Array | None) -> Params:
     anchor, treedef = jax.tree.flatten(params)
 
-    def objective(leaves):
+    def objective(leaves, step_key=None):
       proximal = 0.5 * reg * inner.squared_distance(leaves, anchor)
-      return support_loss(apply_fn, loss_fn, treedef.unflatten(leaves), support) + proximal
+      return support_loss(apply_fn, loss_fn, treedef.unflatten(leaves), support, step_key) + proximal
 
     leaves = inner.inner_loop(objective, anchor, optimizer.init(anchor), optimizer.update,
-                              num_steps=num_steps, first_order=True)
+                              num_steps=num_steps, first_order=True, key=key)
     return treedef.unflatten(leaves)
 
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-  def implicit_adapt(params: Params, support: Batch, num_steps: int) -> Params:
-    return solve(params, support, num_steps)
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+  def implicit_adapt(params: Params, support: Batch, keys: tuple, num_steps: int) -> Params:
+    return solve(params, support, num_steps, keys[0])
 
-  def forward(params, support, num_steps):
-    adapted = solve(params, support, num_steps)
-    return adapted, (adapted, support)
+  def forward(params, support, keys, num_steps):
+    adapted = solve(params, support, num_steps, keys[0])
+    return adapted, (adapted, support, keys)
 
   def backward(num_steps, residuals, cotangent):
-    adapted, support = residuals
-    support_grad = jax.grad(lambda p: support_loss(apply_fn, loss_fn, p, support))
+    adapted, support, keys = residuals
+    support_grad = jax.grad(lambda p: support_loss(apply_fn, loss_fn, p, support, keys[1]))
 
     def matvec(v):
       hvp = jax.jvp(support_grad, (adapted,), (v,))[1]
       return jax.tree.map(lambda v, h: (1.0 + damping) * v + h / reg, v, hvp)
 
     solution, _ = jax.scipy.sparse.linalg.cg(matvec, cotangent, tol=0.0, maxiter=cg_steps)
-    return solution, jax.tree.map(_zero_cotangent, support)
+    return solution, jax.tree.map(_zero_cotangent, support), jax.tree.map(_zero_cotangent, keys)
 
   implicit_adapt.defvjp(forward, backward)
 
-  def adapt(meta_params: MetaParams, support: Batch, num_steps: int = default_steps) -> Params:
-    return implicit_adapt(meta_params["params"], support, inner.check_num_steps(num_steps))
+  def adapt(meta_params: MetaParams, support: Batch, num_steps: int = default_steps,
+            key: jax.Array | None = None) -> Params:
+    return implicit_adapt(meta_params["params"], support, split_key(key), inner.check_num_steps(num_steps))
 
-  return MetaLearner(init=lambda params: {"params": params}, adapt=adapt, predict=apply_fn,
-                     loss=query_loss(adapt, apply_fn, loss_fn))
+  def predict(task_params: Params, inputs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    return apply_model(apply_fn, task_params, inputs, key)
+
+  return MetaLearner(init=lambda params: {"params": params}, adapt=adapt, predict=predict,
+                     loss=query_loss(adapt, predict, loss_fn))
 
 
 def _zero_cotangent(x: jax.Array) -> jax.Array:

@@ -92,7 +92,9 @@ class Partition(NamedTuple):
     try:
       flags = treedef.flatten_up_to(mask)
     except (ValueError, TypeError) as e:
-      raise ValueError(f"inner_mask must be a pytree of bools with the structure of params: {e}") from None
+      # Another container type with the same keys (a dict mask for nnx.State
+      # parameters): match each parameter to the mask entry on a prefix of its path.
+      flags = _flags_by_path(params, mask, e)
     flags = tuple(bool(f) for f in flags)
     if not any(flags):
       raise ValueError("inner_mask selects no parameter to adapt.")
@@ -109,13 +111,48 @@ class Partition(NamedTuple):
     return self.treedef.unflatten([next(adapted_it) if f else next(frozen_it) for f in self.flags])
 
 
-def inner_loop(objective: Callable[[list[jax.Array]], jax.Array], adapted: list[jax.Array],
+def path_names(path: tuple) -> tuple:
+  """A key path as plain names: dict keys, attribute names, sequence indices."""
+  names = []
+  for entry in path:
+    for field in ("key", "name", "idx"):
+      if hasattr(entry, field):
+        names.append(getattr(entry, field))
+        break
+    else:
+      names.append(str(entry))
+  return tuple(names)
+
+
+def _flags_by_path(params: Params, mask: Any, error: Exception) -> list[bool]:
+  """Flags for the leaves of ``params`` from the mask entries whose paths prefix theirs.
+
+  ``nnx.State`` parameters flatten to paths such as ``("head", "kernel", "value")``
+  and a dict mask to ``("head", "kernel")`` or ``("head",)``; each parameter
+  takes the flag of the longest mask path that is a prefix of its own.
+  """
+  mask_paths = {path_names(path): flag for path, flag in jax.tree_util.tree_flatten_with_path(mask)[0]}
+  flags = []
+  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = path_names(path)
+    matches = [names[:k] for k in range(len(names), -1, -1) if names[:k] in mask_paths]
+    if not matches:
+      raise ValueError(f"inner_mask must be a pytree of bools with the structure of params (or a prefix "
+                       f"of it): no mask entry for the parameter at {jax.tree_util.keystr(path)} "
+                       f"({error}).") from None
+    flags.append(mask_paths[matches[0]])
+  return flags
+
+
+def inner_loop(objective: Callable[..., jax.Array], adapted: list[jax.Array],
                state: Any, update: Callable[[list[jax.Array], Any, list[jax.Array]], tuple[list[jax.Array], Any]],
-               *, num_steps: int, first_order: bool = False, remat: bool = False) -> list[jax.Array]:
+               *, num_steps: int, first_order: bool = False, remat: bool = False,
+               key: jax.Array | None = None) -> list[jax.Array]:
   """Runs ``num_steps`` inner steps of gradient-based adaptation with ``lax.scan``.
 
   Args:
-    objective: scalar inner loss of the adapted leaves.
+    objective: scalar inner loss of the adapted leaves, ``objective(adapted)``;
+      ``objective(adapted, step_key)`` when ``key`` is given.
     adapted: the leaves to adapt, at their initial values.
     state: the initial update state.
     update: ``update(grads, state, adapted) -> (updates, state)``.
@@ -127,22 +164,25 @@ def inner_loop(objective: Callable[[list[jax.Array]], jax.Array], adapted: list[
       a ``jax.checkpoint``, so only the parameters and update state at segment
       boundaries and within one segment are kept: memory grows like
       ``sqrt(num_steps)`` instead of linearly, for about one extra forward pass.
+    key: optional PRNG key; step ``i`` gets ``jax.random.split(key, num_steps)[i]``
+      (the key contract of :mod:`metalax.meta.base`).
 
   Returns:
     The adapted leaves after ``num_steps`` steps.
   """
 
-  def step(carry, _):
+  def step(carry, step_key):
     params, state = carry
-    grads = jax.grad(objective)(params)
+    grads = jax.grad(objective)(params) if step_key is None else jax.grad(objective)(params, step_key)
     if first_order:
       grads = jax.lax.stop_gradient(grads)
     updates, state = update(grads, state, params)
     return (optax.apply_updates(params, updates), state), None
 
+  keys = None if key is None else jax.random.split(key, num_steps)
   carry = (adapted, state)
   if not remat:
-    carry, _ = jax.lax.scan(step, carry, None, length=num_steps)
+    carry, _ = jax.lax.scan(step, carry, keys, length=num_steps)
     return carry[0]
   # Checkpoint every step, and also every segment of ~sqrt(num_steps) steps: the
   # backward pass keeps only the carries at segment boundaries, then recomputes
@@ -152,11 +192,15 @@ def inner_loop(objective: Callable[[list[jax.Array]], jax.Array], adapted: list[
   num_segments, rest = divmod(num_steps, length)
 
   @jax.checkpoint
-  def segment(carry, _):
-    return jax.lax.scan(step, carry, None, length=length)[0], None
+  def segment(carry, segment_keys):
+    return jax.lax.scan(step, carry, segment_keys, length=length)[0], None
 
-  carry, _ = jax.lax.scan(segment, carry, None, length=num_segments)
-  carry, _ = jax.lax.scan(step, carry, None, length=rest)
+  head = rest_keys = None
+  if keys is not None:
+    head = keys[:num_segments * length].reshape((num_segments, length))
+    rest_keys = keys[num_segments * length:]
+  carry, _ = jax.lax.scan(segment, carry, head, length=num_segments)
+  carry, _ = jax.lax.scan(step, carry, rest_keys, length=rest)
   return carry[0]
 
 

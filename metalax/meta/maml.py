@@ -13,7 +13,7 @@ import optax
 
 from metalax.meta import inner
 from metalax.meta.base import MetaLearner, MetaParams, query_loss, support_loss
-from metalax.types import ApplyFn, Batch, LossFn, Params
+from metalax.types import ApplyFn, Batch, LossFn, Params, apply_model
 
 
 def maml(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int, inner_lr: float | None = None,
@@ -139,7 +139,8 @@ def anil(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int, head: str = "hea
     if not hasattr(params, "keys") or head not in params:
       keys = list(params.keys()) if hasattr(params, "keys") else type(params).__name__
       raise ValueError(f"anil adapts params[{head!r}], but the parameters' top-level entries are {keys}.")
-    return {name: jax.tree.map(lambda _, name=name: name == head, value) for name, value in params.items()}
+    # A mask in the parameters' own container types (dict, FrozenDict, nnx.State).
+    return jax.tree_util.tree_map_with_path(lambda path, _: inner.path_names(path[:1]) == (head,), params)
 
   return maml(apply_fn, loss_fn, num_steps=num_steps, inner_lr=inner_lr,
               inner_optimizer=inner_optimizer, first_order=first_order, remat=remat,
@@ -152,20 +153,24 @@ def _gradient_learner(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int,
   """The MAML construction, shared by :func:`maml`, :func:`metasgd` and :func:`anil`."""
   default_steps = inner.check_num_steps(num_steps)
 
-  def adapt(meta_params: MetaParams, support: Batch, num_steps: int = default_steps) -> Params:
+  def adapt(meta_params: MetaParams, support: Batch, num_steps: int = default_steps,
+            key: jax.Array | None = None) -> Params:
     inner.check_num_steps(num_steps)
     params = meta_params["params"]
     partition = inner.Partition.of(params, inner_mask)
     adapted, frozen = partition.split(params)
 
-    def objective(adapted):
-      return support_loss(apply_fn, loss_fn, partition.merge(adapted, frozen), support)
+    def objective(adapted, step_key=None):
+      return support_loss(apply_fn, loss_fn, partition.merge(adapted, frozen), support, step_key)
 
     adapted = inner.inner_loop(
         objective, adapted, update.init(adapted, meta_params),
         lambda grads, state, adapted: update.update(grads, state, adapted, meta_params),
-        num_steps=num_steps, first_order=first_order, remat=remat)
+        num_steps=num_steps, first_order=first_order, remat=remat, key=key)
     return partition.merge(adapted, frozen)
 
-  return MetaLearner(init=init, adapt=adapt, predict=apply_fn,
-                     loss=query_loss(adapt, apply_fn, loss_fn))
+  def predict(task_params: Params, inputs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    return apply_model(apply_fn, task_params, inputs, key)
+
+  return MetaLearner(init=init, adapt=adapt, predict=predict,
+                     loss=query_loss(adapt, predict, loss_fn))

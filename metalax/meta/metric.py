@@ -6,7 +6,9 @@ set), :func:`nearest_neighbour` (nearest support examples of each class) and
 inner steps: ``adapt(meta_params, support)`` embeds the support set with
 ``embed_fn`` and computes a small task state from it, and ``predict(task_params,
 inputs)`` returns logits ``[n, num_ways]``. Their ``adapt`` takes no
-``num_steps``: :func:`metalax.meta.evaluate` is called without one.
+``num_steps``: :func:`metalax.meta.evaluate` is called without one. Given a
+PRNG key (a stochastic ``embed_fn``), ``adapt`` and ``predict`` pass it on as
+``embed_fn(params, inputs, key=key)``.
 
 Every learner takes ``embed_fn(params, inputs [n, ...]) -> embeddings [n, d]``
 and a static ``num_ways``: class statistics come from a one-hot matrix
@@ -32,7 +34,7 @@ import numpy as np
 from metalax import losses
 from metalax.meta.base import MetaLearner, MetaParams, TaskParams, query_loss
 from metalax.meta.inner import check_positive
-from metalax.types import ApplyFn, Batch, Params, is_classification
+from metalax.types import ApplyFn, Batch, Params, apply_model, is_classification
 
 EmbedFn = ApplyFn
 """``embed_fn(params, inputs [n, ...]) -> embeddings [n, d]``: an ``apply_fn`` whose outputs are embeddings."""
@@ -89,16 +91,16 @@ def protonet(embed_fn: EmbedFn, *, num_ways: int, distance: str = "squared_eucli
   _check_distance(distance)
   init, get_temperature = _temperature(temperature, learn_temperature)
 
-  def adapt(meta_params: MetaParams, support: Batch) -> TaskParams:
+  def adapt(meta_params: MetaParams, support: Batch, key: jax.Array | None = None) -> TaskParams:
     params = meta_params["params"]
-    embeddings, one_hot = _embed_support(embed_fn, params, support, num_ways, "protonet")
+    embeddings, one_hot = _embed_support(embed_fn, params, support, num_ways, "protonet", key)
     counts = jnp.sum(one_hot, axis=0)
     prototypes = (one_hot.T @ embeddings) / jnp.maximum(counts, 1)[:, None]
     return {"params": params, "prototypes": prototypes,
             "temperature": get_temperature(meta_params)}
 
-  def predict(task_params: TaskParams, inputs: jax.Array) -> jax.Array:
-    embeddings = _embed(embed_fn, task_params["params"], inputs, "protonet")
+  def predict(task_params: TaskParams, inputs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    embeddings = _embed(embed_fn, task_params["params"], inputs, "protonet", key)
     _check_dim(embeddings, task_params["prototypes"], "protonet")
     return _similarity(embeddings, task_params["prototypes"], distance) / task_params["temperature"]
 
@@ -154,14 +156,14 @@ def matching_net(embed_fn: EmbedFn, *, num_ways: int, temperature: float = 1.0,
   num_ways = _check_num_ways(num_ways)
   init, get_temperature = _temperature(temperature, learn_temperature)
 
-  def adapt(meta_params: MetaParams, support: Batch) -> TaskParams:
+  def adapt(meta_params: MetaParams, support: Batch, key: jax.Array | None = None) -> TaskParams:
     params = meta_params["params"]
-    embeddings, one_hot = _embed_support(embed_fn, params, support, num_ways, "matching_net")
+    embeddings, one_hot = _embed_support(embed_fn, params, support, num_ways, "matching_net", key)
     return {"params": params, "support_embeddings": _unit(embeddings), "support_one_hot": one_hot,
             "temperature": get_temperature(meta_params)}
 
-  def predict(task_params: TaskParams, inputs: jax.Array) -> jax.Array:
-    embeddings = _embed(embed_fn, task_params["params"], inputs, "matching_net")
+  def predict(task_params: TaskParams, inputs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    embeddings = _embed(embed_fn, task_params["params"], inputs, "matching_net", key)
     _check_dim(embeddings, task_params["support_embeddings"], "matching_net")
     scores = _unit(embeddings) @ task_params["support_embeddings"].T / task_params["temperature"]
     in_class = task_params["support_one_hot"].T[None] > 0                 # [1, num_ways, n_support]
@@ -230,14 +232,14 @@ def nearest_neighbour(embed_fn: EmbedFn, *, num_ways: int, k: int = 1,
   k = int(k)
   init, get_temperature = _temperature(temperature, learn_temperature)
 
-  def adapt(meta_params: MetaParams, support: Batch) -> TaskParams:
+  def adapt(meta_params: MetaParams, support: Batch, key: jax.Array | None = None) -> TaskParams:
     params = meta_params["params"]
-    embeddings, one_hot = _embed_support(embed_fn, params, support, num_ways, "nearest_neighbour")
+    embeddings, one_hot = _embed_support(embed_fn, params, support, num_ways, "nearest_neighbour", key)
     return {"params": params, "support_embeddings": embeddings, "support_one_hot": one_hot,
             "temperature": get_temperature(meta_params)}
 
-  def predict(task_params: TaskParams, inputs: jax.Array) -> jax.Array:
-    embeddings = _embed(embed_fn, task_params["params"], inputs, "nearest_neighbour")
+  def predict(task_params: TaskParams, inputs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    embeddings = _embed(embed_fn, task_params["params"], inputs, "nearest_neighbour", key)
     support_embeddings = task_params["support_embeddings"]
     _check_dim(embeddings, support_embeddings, "nearest_neighbour")
     similarity = _similarity(embeddings, support_embeddings, distance)    # [n, n_support]
@@ -321,9 +323,9 @@ def r2d2(embed_fn: EmbedFn, *, num_ways: int, reg: float = 50.0, scale: float = 
     return {"params": params, "scale": jnp.asarray(scale, jnp.float32),
             "bias": jnp.zeros((), jnp.float32)}
 
-  def adapt(meta_params: MetaParams, support: Batch) -> TaskParams:
+  def adapt(meta_params: MetaParams, support: Batch, key: jax.Array | None = None) -> TaskParams:
     params = meta_params["params"]
-    embeddings, one_hot = _embed_support(embed_fn, params, support, num_ways, "r2d2")
+    embeddings, one_hot = _embed_support(embed_fn, params, support, num_ways, "r2d2", key)
     n, d = embeddings.shape
     inputs = _with_ones(embeddings) / np.sqrt(n)
     targets = one_hot / np.sqrt(n)
@@ -339,8 +341,8 @@ def r2d2(embed_fn: EmbedFn, *, num_ways: int, reg: float = 50.0, scale: float = 
       alpha, beta = jnp.asarray(scale, inputs.dtype), jnp.zeros((), inputs.dtype)
     return {"params": params, "ridge_weights": weights, "scale": alpha, "bias": beta}
 
-  def predict(task_params: TaskParams, inputs: jax.Array) -> jax.Array:
-    embeddings = _embed(embed_fn, task_params["params"], inputs, "r2d2")
+  def predict(task_params: TaskParams, inputs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    embeddings = _embed(embed_fn, task_params["params"], inputs, "r2d2", key)
     weights = task_params["ridge_weights"]
     if embeddings.shape[1] + 1 != weights.shape[0]:
       raise ValueError(
@@ -383,8 +385,9 @@ def _temperature(temperature: float, learn: bool):
   return init, get
 
 
-def _embed(embed_fn: EmbedFn, params: Params, inputs: jax.Array, who: str) -> jax.Array:
-  embeddings = embed_fn(params, inputs)
+def _embed(embed_fn: EmbedFn, params: Params, inputs: jax.Array, who: str,
+           key: jax.Array | None = None) -> jax.Array:
+  embeddings = apply_model(embed_fn, params, inputs, key)
   if getattr(embeddings, "ndim", None) != 2 or embeddings.shape[0] != inputs.shape[0]:
     raise ValueError(
         f"{who}: embed_fn must map inputs [n, ...] to embeddings [n, d]; inputs of shape "
@@ -393,14 +396,14 @@ def _embed(embed_fn: EmbedFn, params: Params, inputs: jax.Array, who: str) -> ja
 
 
 def _embed_support(embed_fn: EmbedFn, params: Params, support: Batch, num_ways: int,
-                   who: str) -> tuple[jax.Array, jax.Array]:
+                   who: str, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Support embeddings ``[n, d]`` and one-hot labels ``[n, num_ways]`` (embedding dtype)."""
   labels = support.labels
   if labels.ndim != 1 or not is_classification(labels):
     raise ValueError(
         f"{who}: support labels must be [n] int class indices in [0, {num_ways}), got shape "
         f"{tuple(labels.shape)} and dtype {labels.dtype}.")
-  embeddings = _embed(embed_fn, params, support.inputs, who)
+  embeddings = _embed(embed_fn, params, support.inputs, who, key)
   return embeddings, jax.nn.one_hot(labels, num_ways, dtype=embeddings.dtype)
 
 

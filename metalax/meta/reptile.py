@@ -4,8 +4,8 @@ import jax
 import optax
 
 from metalax.meta import inner
-from metalax.meta.base import Aux, MetaLearner, MetaParams, query_metrics, support_loss
-from metalax.types import ApplyFn, Batch, Episode, LossFn, Params
+from metalax.meta.base import Aux, MetaLearner, MetaParams, query_metrics, split_key, support_loss
+from metalax.types import ApplyFn, Batch, Episode, LossFn, Params, apply_model
 
 
 def reptile(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int, inner_lr: float | None = None,
@@ -37,19 +37,29 @@ def reptile(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int, inner_lr: flo
   optimizer = inner.inner_optimizer_of(inner_lr, inner_optimizer)
   default_steps = inner.check_num_steps(num_steps)
 
-  def adapt(meta_params: MetaParams, support: Batch, num_steps: int = default_steps) -> Params:
+  def adapt(meta_params: MetaParams, support: Batch, num_steps: int = default_steps,
+            key: jax.Array | None = None) -> Params:
     inner.check_num_steps(num_steps)
     leaves, treedef = jax.tree.flatten(jax.lax.stop_gradient(meta_params["params"]))
-    objective = lambda leaves: support_loss(apply_fn, loss_fn, treedef.unflatten(leaves), support)
+
+    def objective(leaves, step_key=None):
+      return support_loss(apply_fn, loss_fn, treedef.unflatten(leaves), support, step_key)
+
     leaves = inner.inner_loop(
         objective, leaves, optimizer.init(leaves), optimizer.update, num_steps=num_steps,
-        first_order=True)
+        first_order=True, key=key)
     return treedef.unflatten(leaves)
 
-  def loss(meta_params: MetaParams, episode: Episode, **adapt_kwargs) -> tuple[jax.Array, Aux]:
-    adapted = adapt(meta_params, episode.support, **adapt_kwargs)
+  def predict(task_params: Params, inputs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    return apply_model(apply_fn, task_params, inputs, key)
+
+  def loss(meta_params: MetaParams, episode: Episode, key: jax.Array | None = None,
+           **adapt_kwargs) -> tuple[jax.Array, Aux]:
+    adapt_key, predict_key = split_key(key)
+    adapted = adapt(meta_params, episode.support, key=adapt_key, **adapt_kwargs)
     params = jax.tree.leaves(meta_params["params"])
     surrogate = 0.5 * inner.squared_distance(params, jax.tree.leaves(adapted))
-    return surrogate, query_metrics(apply_fn(adapted, episode.query.inputs), episode.query.labels, loss_fn)
+    outputs = predict(adapted, episode.query.inputs, key=predict_key)
+    return surrogate, query_metrics(outputs, episode.query.labels, loss_fn)
 
-  return MetaLearner(init=lambda params: {"params": params}, adapt=adapt, predict=apply_fn, loss=loss)
+  return MetaLearner(init=lambda params: {"params": params}, adapt=adapt, predict=predict, loss=loss)
