@@ -102,14 +102,17 @@ FOUR_DEVICES = textwrap.dedent("""
       for field in ("loss_ratio", "weights"):
         np.testing.assert_allclose(mtl_four[method][field], mtl_one[method][field], rtol=1e-4, atol=1e-6)
 
-    # 4. The representation entrypoint (SimCLR on MNIST): the sampled image batch split across the devices.
+    # 4. The representation entrypoint (SimCLR on MNIST-format files the test generated): the sampled image
+    # batch split across the devices.
     from experiments import representation
     from experiments.configs import representation as representation_config
 
     def train_representation(num_devices):
       config = representation_config.get_config("simclr")
-      config.update(dict(dataset="mnist", hidden=8, num_iterations=4, steps_per_call=2, checkpoint_every=4,
-                         batch_size=16, num_test_episodes=4, probe_steps=2, episodes=((2, 1),), review_k=2,
+      if "download" in config:
+        config.download = False
+      config.update(dict(dataset="mnist", data_dir=os.environ["METALAX_TEST_MNIST"], hidden=8, num_iterations=4,
+                         steps_per_call=2, checkpoint_every=4, batch_size=16, num_test_episodes=4, probe_steps=2, episodes=((2, 1),), review_k=2,
                          projector_hidden=16, projection_dim=8, num_eval_classes=4, num_devices=num_devices))
       workdir = tempfile.mkdtemp()
       representation.train_and_evaluate(config, workdir)
@@ -129,9 +132,25 @@ FOUR_DEVICES = textwrap.dedent("""
 """)
 
 
-def test_four_devices_equal_one_device():
+def _write_mnist_like(folder) -> None:
+  """Uncompressed IDX files in MNIST's format: 5421 training and 892 test images per digit (the real
+  minimum counts), random pixels, so no real data are needed."""
+  rng = np.random.default_rng(0)
+  os.makedirs(folder)
+  for prefix, per_class in (("train", 5421), ("t10k", 892)):
+    labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+    images = rng.integers(0, 256, (labels.size, 28, 28), dtype=np.uint8)
+    for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+      header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+      with open(os.path.join(folder, f"{prefix}-{kind}-ubyte"), "wb") as file:
+        file.write(header + array.tobytes())
+
+
+def test_four_devices_equal_one_device(tmp_path):
+  mnist_dir = str(tmp_path / "mnist")
+  _write_mnist_like(mnist_dir)
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-         "PYTHONPATH": REPO_ROOT}
+         "PYTHONPATH": REPO_ROOT, "METALAX_TEST_MNIST": mnist_dir, "METALAX_DATA_DIR": str(tmp_path)}
   result = subprocess.run([sys.executable, "-c", FOUR_DEVICES], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stdout + result.stderr[-5000:]
