@@ -5,7 +5,10 @@ characters) and ``images_evaluation.zip`` (20 alphabets, 659 characters), the
 archives published in github.com/brendenlake/omniglot (``python/``), laid out as
 ``images_*/<Alphabet>/characterNN/XXXX_YY.png`` (105x105 1-bit PNGs, black ink
 on white, 20 drawings per character). Members are read straight from the zips,
-never extracted.
+never extracted. The folder follows :func:`metalax.data.resolve_data_dir`
+(``data_dir``, else ``$METALAX_DATA_DIR/omniglot``, else
+``~/metalax_data/omniglot``); a missing archive is downloaded from that
+repository and checked against its SHA-256 unless ``download=False``.
 
 Processing: each PNG is converted to 8-bit grayscale (mode ``"L"``, 0 or 255),
 resized to ``image_size x image_size`` with ``PIL.Image.LANCZOS`` (antialiased,
