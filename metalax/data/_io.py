@@ -153,7 +153,13 @@ def resize_array(image: np.ndarray, image_size: int) -> np.ndarray:
 
 def read_split(dataset: str, split: str) -> tuple[str, ...]:
   """The class names of a published split, from ``metalax/data/splits/<dataset>/<split>.txt``."""
-  text = (importlib.resources.files("metalax.data") / "splits" / dataset / f"{split}.txt").read_text()
+  resource = importlib.resources.files("metalax.data") / "splits" / dataset / f"{split}.txt"
+  try:
+    text = resource.read_text()
+  except FileNotFoundError as error:
+    raise FileNotFoundError(
+        f"the class list {resource} is missing from the installed metalax package; reinstall it "
+        "(the package data metalax/data/splits/*/*.txt must be included).") from error
   return tuple(line.strip() for line in text.splitlines()
                if line.strip() and not line.startswith("#"))
 
