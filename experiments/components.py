@@ -190,24 +190,27 @@ def make_loss(config: ml_collections.ConfigDict) -> Callable[[jax.Array, jax.Arr
 
 def _omniglot(config: ml_collections.ConfigDict) -> dict[str, metalax.data.ClassImages]:
   characters = metalax.data.load_omniglot(_data_dir(config, "omniglot"), dtype=np.uint8,
-                                          cache_dir=config.cache_dir or None)
+                                          cache_dir=config.cache_dir or None, download=config.download)
   return metalax.data.omniglot_splits(characters, config.split, num_validation=config.num_validation)
 
 
 def _mnist(config: ml_collections.ConfigDict) -> dict[str, metalax.data.ClassImages]:
   """Digits 0-4 train, 5-9 test (validation: 5-9 of the official test images): 5-way at most."""
   data_dir = _data_dir(config, "mnist")
-  train = metalax.data.to_dense(metalax.data.mnist_class_images(data_dir, "train", dtype=np.uint8),
+  train = metalax.data.todense(metalax.data.mnist_class_images(data_dir, "train", dtype=np.uint8),
                                 num_per_class=5421)
-  test = metalax.data.to_dense(metalax.data.mnist_class_images(data_dir, "test", dtype=np.uint8),
+  test = metalax.data.todense(metalax.data.mnist_class_images(data_dir, "test", dtype=np.uint8),
                                num_per_class=892)
   return {"train": metalax.data.select_classes(train, range(5)),
           "validation": metalax.data.select_classes(test, range(5, 10)),
           "test": metalax.data.select_classes(train, range(5, 10))}
 
 
-def _data_dir(config: ml_collections.ConfigDict, name: str) -> str:
-  return metalax.data.resolve_data_dir(name, config.data_dir or None)
+def _data_dir(config: ml_collections.ConfigDict, name: str) -> str | None:
+  """``--config.data_dir`` (the dataset's own folder), or None for the loader's convention
+  (``$METALAX_DATA_DIR/<name>``, else ``~/metalax_data/<name>``: :func:`metalax.data.resolve_data_dir`)."""
+  del name
+  return config.data_dir or None
 
 
 def split_by_fraction(data: metalax.data.ClassImages, fractions: tuple[float, float, float], seed: int
@@ -233,9 +236,12 @@ def split_by_fraction(data: metalax.data.ClassImages, fractions: tuple[float, fl
   return {name: metalax.data.select_classes(data, sorted(classes.tolist())) for name, classes in parts.items()}
 
 
-def _dense(data: Any) -> metalax.data.ClassImages:
-  """``data`` with the same number of images in every class (the smallest class's count)."""
-  return data if isinstance(data, metalax.data.ClassImages) else metalax.data.to_dense(data)
+def dense(data: Any) -> metalax.data.ClassImages:
+  """``data`` with the same number of images in every class: each class's first ones, as many as the smallest
+  class has (MNIST: 5,421 training and 892 test images per digit)."""
+  if isinstance(data, metalax.data.ClassImages):
+    return data
+  return metalax.data.todense(data, num_per_class=int(np.min(data.counts)))
 
 
 def _prefixed(config: ml_collections.ConfigDict) -> dict[str, metalax.data.ClassImages] | None:
@@ -250,7 +256,7 @@ def _prefixed(config: ml_collections.ConfigDict) -> dict[str, metalax.data.Class
     data = metalax.data.load_npz(argument)
   else:
     return None
-  return split_by_fraction(_dense(data), tuple(config.class_split), config.seed)
+  return split_by_fraction(dense(data), tuple(config.class_split), config.seed)
 
 
 DATASETS: dict[str, Callable[[ml_collections.ConfigDict], dict[str, metalax.data.ClassImages]]] = {
@@ -271,7 +277,7 @@ def load_dataset(config: ml_collections.ConfigDict) -> dict[str, metalax.data.Cl
   if missing:
     raise ValueError(f"--config.dataset={config.dataset!r} gave no {', '.join(sorted(missing))} classes "
                      "(for Omniglot's vinyals split, set --config.num_validation > 0).")
-  return {name: _dense(splits[name]) for name in ("train", "validation", "test")}
+  return {name: dense(splits[name]) for name in ("train", "validation", "test")}
 
 
 AUGMENTATIONS: dict[str, Callable[..., Any]] = {

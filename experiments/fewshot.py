@@ -64,12 +64,12 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"{config.learner} has a {config.num_ways}-way output layer: test_num_ways must equal "
                      f"num_ways, got {config.test_num_ways}.")
   if config.episodes == "variable":
-    if config.min_ways > config.num_ways or config.min_shots > config.num_shots:
-      raise ValueError(f"variable episodes draw min_ways..num_ways ways and min_shots..num_shots shots: got "
-                       f"{config.min_ways}..{config.num_ways} and {config.min_shots}..{config.num_shots}.")
     if not embedding:
       raise ValueError(f"--config.episodes=variable needs a learner without a fixed output layer "
                        f"({', '.join(components.EMBEDDING_LEARNERS)}), got {config.learner!r}.")
+    if config.min_ways > config.num_ways or config.min_shots > config.num_shots:
+      raise ValueError(f"variable episodes draw min_ways..num_ways ways and min_shots..num_shots shots: got "
+                       f"{config.min_ways}..{config.num_ways} and {config.min_shots}..{config.num_shots}.")
   if config.init_encoder and config.learner not in components.EMBEDDING_LEARNERS[:-1]:
     raise ValueError(f"--config.init_encoder needs a learner whose meta-parameters are the encoder "
                      f"({', '.join(components.EMBEDDING_LEARNERS[:-1])}), got {config.learner!r}.")

@@ -98,19 +98,26 @@ def objective(config: ml_collections.ConfigDict) -> Objective:
 
 
 def load_data(config: ml_collections.ConfigDict) -> dict[str, metalax.data.ClassImages]:
-  """``{"train", "eval"}`` uint8 images ``[classes, per_class, 28, 28, 1]`` with disjoint classes."""
-  data_dir = metalax.data.resolve_data_dir(config.dataset, config.data_dir or None)
+  """``{"train", "eval"}`` uint8 images ``[classes, per_class, H, W, C]`` with disjoint classes.
+
+  Omniglot: the background archive, then the evaluation archive (Lake's split, no rotations); MNIST: the
+  training images, then the test images (the same ten digits); any other ``--config.dataset`` of
+  :data:`experiments.components.DATASETS` (prefixed names and import paths included): its training
+  classes, then its test classes.
+  """
   if config.dataset == "omniglot":
+    data_dir = config.data_dir or None  # None: metalax.data.resolve_data_dir's convention
     characters = metalax.data.load_omniglot(data_dir, dtype=np.uint8, cache_dir=config.cache_dir or None,
                                             download=config.download)
     splits = metalax.data.omniglot_splits(characters, "lake", angles=(0,))
     return {"train": splits["train"], "eval": splits["test"]}
   if config.dataset == "mnist":
-    return {"train": metalax.data.to_dense(metalax.data.mnist_class_images(
-                data_dir, "train", dtype=np.uint8, download=config.download), num_per_class=5421),
-            "eval": metalax.data.to_dense(metalax.data.mnist_class_images(
-                data_dir, "test", dtype=np.uint8, download=config.download), num_per_class=892)}
-  raise ValueError(f"--config.dataset: unknown {config.dataset!r}; expected omniglot or mnist.")
+    data_dir = config.data_dir or None
+    return {split: components.dense(metalax.data.mnist_class_images(
+                data_dir, name, dtype=np.uint8, download=config.download))
+            for split, name in (("train", "train"), ("eval", "test"))}
+  splits = components.load_dataset(config)
+  return {"train": splits["train"], "eval": splits["test"]}
 
 
 def make_encoder(config: ml_collections.ConfigDict) -> Any:

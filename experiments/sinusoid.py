@@ -48,6 +48,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"--config.learners must be a non-empty tuple of learner names, got {config.learners!r}.")
   for name in config.learners:
     training.lookup(components.LEARNERS, name, "--config.learners")
+    if name in components.EMBEDDING_LEARNERS:
+      raise ValueError(f"--config.learners: {name} classifies embeddings; sinusoid regression needs a "
+                       f"gradient-based learner ({', '.join(n for n in components.LEARNERS if n not in components.EMBEDDING_LEARNERS)}).")
   if not config.pretrained_lr_grid or min(config.pretrained_lr_grid) <= 0:
     raise ValueError(f"--config.pretrained_lr_grid must be a non-empty tuple of positive rates, got "
                      f"{config.pretrained_lr_grid!r}.")

@@ -137,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = training.prepare_workdir(workdir)
   training.check_resume(workdir, config)
   training.write_run_info(workdir, config)
-  data_dir = metalax.data.resolve_data_dir("mnist", config.data_dir or None)
+  data_dir = config.data_dir or None  # None: metalax.data.resolve_data_dir's convention
   train_images, train_labels = metalax.data.load_mnist(data_dir, "train", download=config.download)
   test_images, test_labels = metalax.data.load_mnist(data_dir, "test", download=config.download)
   if config.num_train_examples:

@@ -4,6 +4,10 @@ import os
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The suite's time is mostly XLA compiling small programs: compile them without the backend's optimisation
+# passes (2-3x faster to compile; results agree to float rounding). Processes the tests start inherit it.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax
 import numpy as np

@@ -37,7 +37,10 @@ HELP = {
     "preset": "the preset these values started from (informational)",
     "loss": "nt_xent (SimCLR) | info_nce | supcon | triplet | contrastive (pairs) | autoencoder | random (no "
             "training) | package.module:attribute (loss(embeddings [n, d], labels [n]) -> [n], labelled batches)",
-    "dataset": "omniglot (background -> evaluation archive) | mnist (train -> test)",
+    "dataset": "omniglot (background -> evaluation archive) | mnist (train -> test) | any few-shot dataset "
+               "(tfds:NAME, folder:PATH, npz:PATH, package.module:attribute: train -> test classes)",
+    "class_split": "tfds:/folder:/npz: datasets: (train, validation, test) fractions of the classes",
+    "image_size": "folder: datasets: resize images to this square size (0: keep)",
     "cache_dir": "Omniglot's decoded-image cache (empty: ~/.cache/metalax)",
     "model": "the encoder: conv4 | resnet12 | mlp | package.module:attribute (called with num_outputs=None)",
     "conv4_variant": "conv4: strided | maxpool",
@@ -87,6 +90,8 @@ def get_config(preset: str = "simclr") -> ml_collections.ConfigDict:
   config.loss = "nt_xent"
   config.dataset = "omniglot"
   config.cache_dir = ""
+  config.class_split = (0.64, 0.16, 0.2)
+  config.image_size = 0
   # Encoder (a model without head: loadable as the backbone of experiments.fewshot with the same fields).
   config.model = "conv4"
   config.conv4_variant = "strided"

@@ -11,9 +11,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = ["--config.learners=maml", "--config.hidden=(8,8)", "--config.meta_batch_size=6",
+TINY = ["--config.learners=(\"maml\",)", "--config.mlp_features=(8,8)", "--config.meta_batch_size=6",
         "--config.num_iterations=40", "--config.steps_per_call=10", "--config.checkpoint_every=20",
-        "--config.num_eval_tasks=10", "--config.num_eval_queries=10", "--config.eval_steps=1"]
+        "--config.num_test_episodes=10", "--config.test_num_queries=10", "--config.test_num_steps=1"]
 
 
 def free_port():

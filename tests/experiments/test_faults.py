@@ -1,8 +1,11 @@
-"""A real training run killed with SIGKILL at random points, restarted, ends as an uninterrupted run."""
+"""Real training runs killed with SIGKILL, restarted, end exactly as uninterrupted runs.
+
+Nothing asserted depends on the machine's speed: each run is killed once it has written a checkpoint of its
+own (or not at all, if it finished first); the assertions are about the final state and records only.
+"""
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -11,25 +14,33 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NUM_ITERATIONS = 3000  # far more than three kills reach: a resumed run can pass 100s of iterations before its kill
-TINY = ["--config.learners=maml", "--config.hidden=(8,8)", "--config.meta_batch_size=5",
-        f"--config.num_iterations={NUM_ITERATIONS}", "--config.steps_per_call=25", "--config.checkpoint_every=50",
-        "--config.num_eval_tasks=10", "--config.num_eval_queries=10", "--config.eval_steps=1"]
+
+SINUSOID = ("experiments.sinusoid", "maml", 600, [
+    "--config.learners=(\"maml\",)", "--config.mlp_features=(8,8)", "--config.meta_batch_size=5",
+    "--config.steps_per_call=25", "--config.checkpoint_every=50", "--config.num_test_episodes=10",
+    "--config.test_num_queries=10", "--config.test_num_steps=1"])
+FEWSHOT = ("experiments.fewshot", "", 200, [
+    "--config.dataset=tests.experiments.synthetic:load", "--config.learner=protonet", "--config.hidden=8",
+    "--config.num_ways=3", "--config.num_queries=2", "--config.meta_batch_size=2", "--config.steps_per_call=10",
+    "--config.checkpoint_every=20", "--config.num_valid_episodes=10", "--config.num_test_episodes=20",
+    "--config.eval_batch_size=10"])
 
 
-def start(workdir):
+def start(module, workdir, num_iterations, flags):
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          # The runs share compiled programs, as the tests of one session do.
          "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "",
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-  return subprocess.Popen([sys.executable, "-m", "experiments.sinusoid", f"--workdir={workdir}", *TINY],
+  return subprocess.Popen([sys.executable, "-m", module, f"--workdir={workdir}",
+                           f"--config.num_iterations={num_iterations}", *flags],
                           cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def finish(process):
-  _, stderr = process.communicate(timeout=120)
+  _, stderr = process.communicate(timeout=300)
   assert process.returncode == 0, stderr[-3000:]
 
 
@@ -40,45 +51,34 @@ def checkpoint_steps(directory):
   return sorted(int(n) for n in names if n.isdigit()), [n for n in names if not n.isdigit()]
 
 
-def test_killed_and_restarted_run_equals_uninterrupted_run(tmp_path):
-  straight = tmp_path / "straight"
-  uninterrupted = start(straight)  # runs beside the killed ones
-
-  rng = random.Random(0)
-  killed = tmp_path / "killed"
-  directory = killed / "maml" / "checkpoints"
-  seen_unfinished, resumed_from = [], []
+@pytest.mark.parametrize("experiment", [SINUSOID, FEWSHOT], ids=["sinusoid", "fewshot"])
+def test_killed_and_restarted_run_equals_uninterrupted_run(tmp_path, experiment):
+  module, run_subdir, num_iterations, flags = experiment
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  directory = killed / run_subdir / "checkpoints"
+  finish(start(module, straight, num_iterations, flags))
+  seen_unfinished = []
   for _ in range(3):
-    before = checkpoint_steps(directory)[0]
-    process = start(killed)
-    deadline = time.time() + 60
-    while checkpoint_steps(directory)[0][-1:] == before[-1:] and time.time() < deadline:
-      time.sleep(0.02)  # until this run has saved a checkpoint of its own
-    time.sleep(rng.uniform(0.0, 0.4))
+    before = checkpoint_steps(directory)[0][-1:]
+    process = start(module, killed, num_iterations, flags)
+    while process.poll() is None and checkpoint_steps(directory)[0][-1:] == before:
+      time.sleep(0.01)  # until this run has saved a checkpoint of its own (or finished)
     process.send_signal(signal.SIGKILL)
     process.wait()
     steps, unfinished = checkpoint_steps(directory)
     seen_unfinished += unfinished
-    assert steps and steps[-1] < NUM_ITERATIONS, "killed too late: raise NUM_ITERATIONS"
-    # What a restart would resume from is a complete checkpoint: orbax lists finished steps only...
+    # What a restart resumes from is a complete checkpoint that reads back whole.
     manager = ocp.CheckpointManager(str(directory))
-    latest = manager.latest_step()
-    assert latest == steps[-1]
-    # ...and it reads back whole.
-    restored = manager.restore(latest)
-    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored))
-    resumed_from.append(latest)
-  finish(start(killed))
-  finish(uninterrupted)
+    assert manager.latest_step() == steps[-1]
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(manager.restore(steps[-1])))
+  finish(start(module, killed, num_iterations, flags))
 
-  assert len(set(resumed_from)) == 3, resumed_from  # each kill came after new progress
   # Temporary directories of interrupted saves, if a kill hit one, are never taken for checkpoints.
-  assert all(".orbax-checkpoint-tmp" in name for name in seen_unfinished), seen_unfinished
-  final_straight = ocp.CheckpointManager(str(straight / "maml" / "checkpoints")).restore(NUM_ITERATIONS)
-  final_killed = ocp.CheckpointManager(str(directory)).restore(NUM_ITERATIONS)
-  for a, b in zip(jax.tree.leaves(final_straight), jax.tree.leaves(final_killed)):
+  assert all(".orbax-checkpoint-tmp" in name or "damaged" in name for name in seen_unfinished), seen_unfinished
+  restore = lambda run: ocp.CheckpointManager(str(run / run_subdir / "checkpoints")).restore(num_iterations)
+  for a, b in zip(jax.tree.leaves(restore(straight)), jax.tree.leaves(restore(killed))):
     np.testing.assert_array_equal(a, b)  # bit for bit
   results = [json.loads((run / "results.json").read_text()) for run in (straight, killed)]
   assert results[0] == results[1]
-  metrics = [(run / "maml" / "metrics.jsonl").read_text() for run in (straight, killed)]
+  metrics = [(run / run_subdir / "metrics.jsonl").read_text() for run in (straight, killed)]
   assert metrics[0] == metrics[1]  # the records of one uninterrupted run, no repeats

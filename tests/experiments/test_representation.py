@@ -1,4 +1,7 @@
-"""The representation and surgical fine-tuning entrypoints end to end on real data, tiny configurations."""
+"""The representation and surgical fine-tuning entrypoints end to end, tiny configurations.
+
+Generated data everywhere; the runs on the real archives run when METALAX_DATA_DIR holds them.
+"""
 
 import csv
 import json
@@ -9,14 +12,23 @@ import numpy as np
 import pytest
 
 import metalax
+from experiments import reporting
 from experiments import representation
 from experiments import surgical
 from experiments.configs import representation as representation_config
 from metalax import meta
 from metalax import models
 
-OMNIGLOT = os.path.join(representation.REPO_ROOT, "..", "shared", "data", "omniglot")
-MNIST = os.path.join(representation.REPO_ROOT, "..", "shared", "data", "mnist")
+from experiments.configs import surgical as surgical_config
+from tests.experiments import synthetic
+
+DATA_DIR = os.environ.get("METALAX_DATA_DIR", "")
+OMNIGLOT = os.path.join(DATA_DIR, "omniglot")
+MNIST = os.path.join(DATA_DIR, "mnist")
+real_omniglot = pytest.mark.skipif(not DATA_DIR or not os.path.isdir(OMNIGLOT),
+                                   reason="real Omniglot archives: set METALAX_DATA_DIR")
+real_mnist = pytest.mark.skipif(not DATA_DIR or not os.path.isdir(MNIST), reason="real MNIST files: set METALAX_DATA_DIR")
+SYNTHETIC = "tests.experiments.synthetic:load"
 
 
 def tiny(preset, **overrides):
@@ -29,33 +41,31 @@ def tiny(preset, **overrides):
   return config
 
 
-def check_outputs(path, config, results):
+def check_outputs(path, config, results, image_shape=(28, 28, 1)):
   assert 0.0 <= results["5way_1shot_prototype"] <= 1.0 and 0.0 <= results["linear_probe_accuracy"] <= 1.0
   assert 1.0 <= results["effective_rank"] <= 8.0
   for name in ("results.json", "run.json", "review.png", "review.csv"):
     assert os.path.exists(path / name), name
-  assert os.path.exists(path / "reconstructions.png") == (config.method == "autoencoder")
-  # The encoder checkpoint loads as the params of the few-shot backbone Conv4(None, hidden, backbone, norm).
-  params = representation.load_encoder(str(path), config)
-  embeddings = representation.make_encoder(config).apply({"params": params}, np.zeros((3, 28, 28, 1), np.float32))
+  assert os.path.exists(path / "reconstructions.png") == (config.loss == "autoencoder")
+  # The encoder checkpoint loads as the params of the few-shot embedding model with the same fields.
+  params = representation.load_encoder(str(path), config, image_shape)
+  embeddings = representation.make_encoder(config).apply({"params": params}, np.zeros((3, *image_shape), np.float32))
   assert embeddings.shape == (3, 8)
   learner = meta.protonet(models.from_linen(representation.make_encoder(config)), num_ways=2)
-  images = jax.random.uniform(jax.random.key(0), (3, 4, 28, 28, 1))
+  images = jax.random.uniform(jax.random.key(0), (3, 4, *image_shape))
   episodes = metalax.sample_episodes(jax.random.key(1), images, 2, 2, 1, 2)
   assert meta.evaluate(learner)(learner.init(params), episodes)["accuracy"].shape == (2,)
 
 
-@pytest.mark.skipif(not os.path.isdir(OMNIGLOT), reason=f"no Omniglot archives in {OMNIGLOT}")
-def test_triplet_on_omniglot_then_corrections_feed_back_into_the_probe(tmp_path):
-  # The default decoded-image cache (~/.cache/metalax), shared with earlier runs, keeps this test fast.
-  config = tiny("triplet_semi_hard")
+def test_triplet_then_corrections_feed_back_into_the_probe(tmp_path):
+  config = tiny("triplet_semi_hard", dataset=SYNTHETIC, episodes=((3, 1),), num_queries=2, classes_per_batch=3)
   results = representation.train_and_evaluate(config, str(tmp_path / "first"))
-  check_outputs(tmp_path / "first", config, results)
+  check_outputs(tmp_path / "first", config, results, synthetic.IMAGE_SHAPE)
   record = json.loads(open(tmp_path / "first" / "metrics.jsonl").readline())
   assert {"loss", "embedding_std", "effective_rank"} <= set(record)
-  table = representation.summarize({"triplet": str(tmp_path / "first")}, str(tmp_path / "table.md"))
+  table = reporting.representation_table({"triplet": str(tmp_path / "first")}, str(tmp_path / "table.md"))
   assert table.count("\n") == 3 and "| triplet |" in table
-  representation.plot_training({"triplet": str(tmp_path / "first")}, str(tmp_path / "training.png"))
+  reporting.plot_representation_training({"triplet": str(tmp_path / "first")}, str(tmp_path / "training.png"))
   rows = list(csv.DictReader(open(tmp_path / "first" / "review.csv")))
   rows[0]["corrected_label"] = "0"
   reviewed = tmp_path / "reviewed.csv"
@@ -63,15 +73,33 @@ def test_triplet_on_omniglot_then_corrections_feed_back_into_the_probe(tmp_path)
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  config = tiny("random", corrections=str(reviewed))
+  config = tiny("random", corrections=str(reviewed), dataset=SYNTHETIC, episodes=((3, 1),), num_queries=2)
   results = representation.train_and_evaluate(config, str(tmp_path / "second"))
-  check_outputs(tmp_path / "second", config, results)
+  check_outputs(tmp_path / "second", config, results, synthetic.IMAGE_SHAPE)
   assert results["num_corrections"] == 1
 
 
-@pytest.mark.skipif(not os.path.isdir(MNIST), reason=f"no MNIST files in {MNIST}")
+@pytest.mark.parametrize("loss, augment", [
+    ("info_nce", ("random_flip", "gaussian_noise(0.05)")),
+    ("contrastive", ("random_rotation(10.0)", "cutmix(1.0)")),
+    ("supcon", ("random_resized_crop(scale=(0.5, 1.0))", "mixup(0.2)")),
+])
+def test_losses_with_augmentations(tmp_path, loss, augment):
+  config = tiny("simclr", loss=loss, augment=augment, dataset=SYNTHETIC, episodes=((3, 1),), num_queries=2,
+                classes_per_batch=3, review_k=4)
+  results = representation.train_and_evaluate(config, str(tmp_path))
+  assert np.isfinite(results["linear_probe_accuracy"])
+
+
+@real_mnist
 def test_sparse_autoencoder_on_mnist(tmp_path):
-  config = tiny("sparse", dataset="mnist")
+  config = tiny("sparse", dataset="mnist", data_dir=MNIST)
+  check_outputs(tmp_path, config, representation.train_and_evaluate(config, str(tmp_path)))
+
+
+@real_omniglot
+def test_triplet_on_omniglot(tmp_path):
+  config = tiny("triplet_semi_hard", data_dir=OMNIGLOT)
   check_outputs(tmp_path, config, representation.train_and_evaluate(config, str(tmp_path)))
 
 
@@ -86,21 +114,22 @@ def test_probe_and_few_shot_on_separable_embeddings():
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (dict(method="byol"), "method"),
+    (dict(loss="byol_typo"), "unknown 'byol_typo'"),
     (dict(mining="hardest"), "mining"),
-    (dict(examples_per_class=1, method="triplet"), "examples_per_class"),
+    (dict(examples_per_class=1, loss="triplet"), "examples_per_class"),
+    (dict(augment=("random_flop",)), "unknown operation"),
+    (dict(lr=-1.0), "lr"),
 ])
 def test_bad_config(tmp_path, overrides, match):
   with pytest.raises(ValueError, match=match):
     representation.train_and_evaluate(tiny("simclr", **overrides), str(tmp_path))
 
 
-@pytest.mark.skipif(not os.path.isdir(MNIST), reason=f"no MNIST files in {MNIST}")
-def test_surgical_runs_and_tables(tmp_path):
+def test_surgical_runs_and_tables(tmp_path, monkeypatch):
   reviewed = tmp_path / "reviewed.csv"
   reviewed.write_text("rank,index,label,prediction,loss,corrected_label\n0,7,3,5,9.0,5\n1,9,4,4,8.0,\n")
-  config = representation_config.get_config("surgical")
-  config.update(dict(hidden=8, num_iterations=6, steps_per_call=3, checkpoint_every=6, batch_size=32,
+  config = surgical_config.get_config()
+  config.update(dict(data_dir=write_mnist(tmp_path / "mnist"), download=False, hidden=8, num_iterations=6, steps_per_call=3, checkpoint_every=6, batch_size=32,
                      finetune_steps=3, num_seeds=2, target_shots=2, review_k=6, selections=("none", "block1", "head"),
                      shifts=("inverted", "permuted"), num_train_examples=2000, num_test_examples=500,
                      validation_shots=3, finetune_lrs=(1e-3, 1e-2),
@@ -115,9 +144,25 @@ def test_surgical_runs_and_tables(tmp_path):
     assert os.path.exists(tmp_path / name), name
 
 
-@pytest.mark.skipif(not os.path.isdir(MNIST), reason=f"no MNIST files in {MNIST}")
 def test_mnist_episodes_wider_than_ten_classes_raise_before_training(tmp_path):
-  with pytest.raises(ValueError, match="20-way 1-shot .* but mnist has 10 of 892"):
-    representation.train_and_evaluate(tiny("simclr", dataset="mnist", episodes=((20, 1),), num_eval_classes=0),
-                                      str(tmp_path))
+  config = tiny("simclr", dataset="mnist", data_dir=write_mnist(tmp_path / "mnist", per_class=900),
+                download=False, episodes=((20, 1),), num_eval_classes=0)
+  with pytest.raises(ValueError, match="20-way 1-shot .* but mnist has 10 of 900"):
+    representation.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def write_mnist(directory, per_class=60):
+  """Generated MNIST IDX files (``per_class`` images of each digit in train and test) in ``directory``."""
+  import gzip
+  import struct
+  os.makedirs(directory, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for prefix in ("train", "t10k"):
+    labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+    images = rng.integers(0, 256, (labels.size, 28, 28), dtype=np.uint8)
+    with gzip.open(os.path.join(directory, f"{prefix}-images-idx3-ubyte.gz"), "wb") as f:
+      f.write(struct.pack(">IIII", 2051, labels.size, 28, 28) + images.tobytes())
+    with gzip.open(os.path.join(directory, f"{prefix}-labels-idx1-ubyte.gz"), "wb") as f:
+      f.write(struct.pack(">II", 2049, labels.size) + labels.tobytes())
+  return str(directory)

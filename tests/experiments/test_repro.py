@@ -9,15 +9,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from experiments import common
+from metalax import training
 from experiments import sinusoid
 from experiments.configs import sinusoid as sinusoid_config
 
 
 def tiny_config(**overrides):
   config = sinusoid_config.get_config()
-  config.update(dict(learners="maml", hidden=(8, 8), meta_batch_size=4, num_iterations=60, steps_per_call=20,
-                     checkpoint_every=20, num_eval_tasks=10, num_eval_queries=10, eval_steps=1))
+  config.update(dict(learners=("maml",), mlp_features=(8, 8), meta_batch_size=4, num_iterations=60, steps_per_call=20,
+                     checkpoint_every=20, num_test_episodes=10, test_num_queries=10, test_num_steps=1))
   config.update(overrides)
   return config
 
@@ -37,7 +37,7 @@ def test_same_seed_same_result_bit_for_bit(tmp_path):
   info = json.loads((runs[0] / "run.json").read_text())
   config = tiny_config(seed=3).to_dict()
   assert info["config"]["seed"] == 3
-  for name, value in {**common.RUN_DEFAULTS, **config}.items():
+  for name, value in config.items():
     assert info["config"][name] == (list(value) if isinstance(value, tuple) else value), name
   for package in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
     assert info["versions"][package], package
@@ -48,8 +48,8 @@ def test_same_seed_same_result_bit_for_bit(tmp_path):
 
 
 def test_rerun_keeps_the_earlier_run_record(tmp_path):
-  common.write_run_info(str(tmp_path), tiny_config(seed=1))
-  common.write_run_info(str(tmp_path), tiny_config(seed=2))
+  training.write_run_info(str(tmp_path), tiny_config(seed=1))
+  training.write_run_info(str(tmp_path), tiny_config(seed=2))
   records = sorted(p.name for p in tmp_path.glob("run*.json"))
   assert len(records) == 2 and "run.json" in records
   seeds = sorted(json.loads((tmp_path / name).read_text())["config"]["seed"] for name in records)
