@@ -9,6 +9,7 @@ from any ``model_fn``; :class:`EpisodeTransformer` is a small built-in linen
 transformer encoder for it.
 """
 
+import inspect
 from typing import Callable
 
 import flax.linen as nn
@@ -115,9 +116,10 @@ def blackbox(embed_fn: EmbedFn, model_fn: ModelFn | nn.Module | None = None, *, 
       num_ways]``, or a linen module called that way (applied as
       ``module.apply({"params": params}, ...)``); default
       ``EpisodeTransformer(num_ways=num_ways)``. When the learner is given a
-      PRNG key, ``model_fn`` is called with a keyword ``key=`` too (a linen
-      module gets it as its ``"dropout"`` rng), and ``embed_fn`` as
-      ``embed_fn(params, inputs, key=key)``.
+      PRNG key, ``embed_fn`` is called as ``embed_fn(params, inputs,
+      key=key)``, and ``model_fn`` gets a keyword ``key=`` too if it takes
+      one (a ``key`` parameter or ``**kwargs``; a linen module gets it as its
+      ``"dropout"`` rng).
     num_ways: classes per episode, a static int >= 2.
     embedding_dim: the width ``d`` of the embeddings, needed only to
       initialise a module's parameters in ``init``.
@@ -172,6 +174,7 @@ def blackbox(embed_fn: EmbedFn, model_fn: ModelFn | nn.Module | None = None, *, 
   elif not callable(model_fn):
     raise ValueError(f"blackbox: model_fn must be callable or a linen module, got "
                      f"{type(model_fn).__name__}.")
+  model_takes_key = _takes_key(model_fn)
 
   def init(params: Params) -> MetaParams:
     if hasattr(params, "keys") and set(params.keys()) == {"embed", "model"}:
@@ -202,7 +205,10 @@ def blackbox(embed_fn: EmbedFn, model_fn: ModelFn | nn.Module | None = None, *, 
     embeddings = _embed(embed_fn, params["embed"], inputs, "blackbox", embed_key)
     model_args = (params["model"], task_params["support_embeddings"], task_params["support_labels"],
                   embeddings)
-    logits = model_fn(*model_args) if model_key is None else model_fn(*model_args, key=model_key)
+    if model_key is None or not model_takes_key:
+      logits = model_fn(*model_args)
+    else:
+      logits = model_fn(*model_args, key=model_key)
     if getattr(logits, "shape", None) != (inputs.shape[0], num_ways):
       raise ValueError(
           f"blackbox: model_fn must return logits [n, num_ways] = {(inputs.shape[0], num_ways)}, "
@@ -211,3 +217,12 @@ def blackbox(embed_fn: EmbedFn, model_fn: ModelFn | nn.Module | None = None, *, 
 
   return MetaLearner(init=init, adapt=adapt, predict=predict,
                      loss=query_loss(adapt, predict, losses.cross_entropy))
+
+
+def _takes_key(fn) -> bool:
+  """Whether ``fn`` accepts a keyword ``key`` (a ``key`` parameter or ``**kwargs``)."""
+  try:
+    parameters = inspect.signature(fn).parameters.values()
+  except (TypeError, ValueError):   # no signature: assume it does not
+    return False
+  return any(p.name == "key" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)

@@ -102,3 +102,88 @@ def test_mlp_shapes():
   params = model.init(jax.random.key(0), jnp.zeros((1, 1)))["params"]
   assert set(params) == {"Dense_0", "Dense_1", "head"}
   assert metalax.models.from_linen(model)(params, jnp.zeros((7, 1))).shape == (7, 1)
+
+
+class NnxDropoutNet(nnx.Module):
+
+  def __init__(self, rngs, norm=None):
+    self.hidden = nnx.Linear(3, 16, rngs=rngs)
+    self.norm = norm
+    self.dropout = nnx.Dropout(0.5, rngs=rngs)
+    self.out = nnx.Linear(16, 2, rngs=rngs)
+
+  def __call__(self, x, scale=1.0):
+    h = self.hidden(x)
+    if self.norm is not None:
+      h = self.norm(h)
+    return scale * self.out(self.dropout(jnp.tanh(h)))
+
+
+class LinenDropoutNet(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    return nn.Dense(2)(nn.Dropout(0.5, deterministic=deterministic)(nn.Dense(16)(x)))
+
+
+def test_nnx_adapter_draws_dropout_masks_from_the_key():
+  apply_fn, params = metalax.models.from_nnx(NnxDropoutNet(nnx.Rngs(0)))
+  x = jax.random.normal(jax.random.key(1), (4, 3))
+  # One compile: outputs at no key (twice, and with a call keyword) and at three keys (two equal).
+  plain = jax.jit(apply_fn)
+  keyed = jax.jit(jax.vmap(lambda key: apply_fn(params, x, key=key)))
+  outputs = np.asarray(keyed(jnp.stack([jax.random.key(2), jax.random.key(2), jax.random.key(3)])))
+  np.testing.assert_array_equal(outputs[0], outputs[1])
+  assert np.abs(outputs[0] - outputs[2]).max() > 1e-3          # another key, another mask
+  np.testing.assert_array_equal(plain(params, x), plain(params, x))   # no key: deterministic
+  assert np.abs(outputs[0] - plain(params, x)).max() > 1e-3
+  # Call keywords reach the module; an evaluation-mode module has no dropout, key or not.
+  scaled, _ = metalax.models.from_nnx(NnxDropoutNet(nnx.Rngs(0)), scale=2.0)
+  np.testing.assert_allclose(scaled(params, x), 2 * plain(params, x), rtol=1e-6)
+  module = NnxDropoutNet(nnx.Rngs(0))
+  module.eval()
+  eval_fn, _ = metalax.models.from_nnx(module)
+  np.testing.assert_allclose(eval_fn(params, x, key=jax.random.key(2)), eval_fn(params, x), rtol=1e-6)
+
+
+def test_nnx_adapter_refuses_to_drop_batchnorm_statistics():
+  x = jax.random.normal(jax.random.key(1), (6, 3))
+  training = NnxDropoutNet(nnx.Rngs(0), norm=nnx.BatchNorm(16, rngs=nnx.Rngs(0)))
+  apply_fn, params = metalax.models.from_nnx(training)
+  with pytest.raises(ValueError, match=r"updated non-parameter state.*norm.*discard_state_updates"):
+    apply_fn(params, x)
+  # Opting in: each call normalises with its own batch's statistics (MAML's batch norm).
+  module = NnxDropoutNet(nnx.Rngs(0), norm=nnx.BatchNorm(16, rngs=nnx.Rngs(0)))
+  module.dropout.deterministic = True
+  batch_fn, params = metalax.models.from_nnx(module, discard_state_updates=True)
+  h = np.asarray(x @ params["hidden"]["kernel"][...] + params["hidden"]["bias"][...], np.float64)
+  h = (h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5)
+  expected = np.tanh(h) @ params["out"]["kernel"][...] + params["out"]["bias"][...]
+  np.testing.assert_allclose(batch_fn(params, x), expected, rtol=1e-4, atol=1e-5)
+  # Evaluation mode reads the running averages and updates nothing: no flag needed.
+  module.eval()
+  eval_fn, params = metalax.models.from_nnx(module)
+  assert eval_fn(params, x).shape == (6, 2)
+
+
+def test_linen_and_function_adapters_take_a_key():
+  x = jax.random.normal(jax.random.key(1), (4, 3))
+  module = LinenDropoutNet()
+  params = module.init(jax.random.key(0), x)["params"]
+  apply_fn = metalax.models.from_linen(module, deterministic=False)
+  a, b, c = (apply_fn(params, x, key=jax.random.key(k)) for k in (2, 2, 3))
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a - c).max() > 1e-3
+  deterministic = metalax.models.from_linen(module)   # no rngs needed, the key is unused
+  np.testing.assert_array_equal(deterministic(params, x, key=jax.random.key(2)), deterministic(params, x))
+  with pytest.raises(ValueError, match="rng_names"):
+    metalax.models.from_linen(module, rng_names="dropout")
+
+  noisy = metalax.models.from_function(
+      lambda p, x, key=None: p * x if key is None else p * x + jax.random.normal(key, x.shape))
+  np.testing.assert_array_equal(noisy(1.0, x), x)
+  np.testing.assert_allclose(noisy(1.0, x, key=jax.random.key(0)) - x, jax.random.normal(jax.random.key(0), x.shape),
+                             atol=1e-6)
+  keyless = metalax.models.from_function(plain, scale=2.0)   # a key is ignored by a keyless fn
+  p = make("function")[1]
+  np.testing.assert_array_equal(keyless(p, x, key=jax.random.key(0)), keyless(p, x))
