@@ -2,12 +2,19 @@
 gradient aggregation and metrics."""
 
 from metalax.mtl.aggregation import Aggregator
+from metalax.mtl.aggregation import DBMTLState
 from metalax.mtl.aggregation import GradDropState
+from metalax.mtl.aggregation import GradVacState
 from metalax.mtl.aggregation import NashMTLState
 from metalax.mtl.aggregation import PCGradState
 from metalax.mtl.aggregation import aligned_mtl
 from metalax.mtl.aggregation import cagrad
+from metalax.mtl.aggregation import conflict_free
+from metalax.mtl.aggregation import db_mtl
+from metalax.mtl.aggregation import dualproj
+from metalax.mtl.aggregation import fairgrad
 from metalax.mtl.aggregation import graddrop
+from metalax.mtl.aggregation import gradvac
 from metalax.mtl.aggregation import imtl_g
 from metalax.mtl.aggregation import linear_scalarization
 from metalax.mtl.aggregation import mgda
@@ -30,6 +37,13 @@ from metalax.mtl.conditioning import AdditiveConditioning
 from metalax.mtl.conditioning import ConcatConditioning
 from metalax.mtl.conditioning import FiLM
 from metalax.mtl.conditioning import MultiHead
+from metalax.mtl.loss_balancing import FAMO
+from metalax.mtl.loss_balancing import FAMOState
+from metalax.mtl.loss_balancing import STCHState
+from metalax.mtl.loss_balancing import famo
+from metalax.mtl.loss_balancing import geometric_loss
+from metalax.mtl.loss_balancing import imtl_l
+from metalax.mtl.loss_balancing import stch
 from metalax.mtl.metrics import delta_m
 from metalax.mtl.objective import TargetStandardizer
 from metalax.mtl.objective import fit_standardizer
@@ -62,11 +76,15 @@ __all__ = (
     "Aggregator",
     "ConcatConditioning",
     "CrossStitch",
+    "DBMTLState",
     "DynamicWeightAverageState",
+    "FAMO",
+    "FAMOState",
     "FiLM",
     "GradDropState",
     "GradNorm",
     "GradNormState",
+    "GradVacState",
     "HardParameterSharing",
     "LossWeighting",
     "MMoE",
@@ -75,20 +93,29 @@ __all__ = (
     "NashMTLState",
     "PCGradState",
     "RandomLossWeightingState",
+    "STCHState",
     "SoftParameterSharing",
     "TargetStandardizer",
     "TaskRouting",
     "TaskRoutingLayer",
     "aligned_mtl",
     "cagrad",
+    "conflict_free",
+    "db_mtl",
     "delta_m",
+    "dualproj",
     "dynamic_weight_average",
     "equal_weighting",
+    "fairgrad",
+    "famo",
     "fit_standardizer",
+    "geometric_loss",
     "graddrop",
     "gradnorm",
+    "gradvac",
     "host_task_schedule",
     "imtl_g",
+    "imtl_l",
     "linear_scalarization",
     "mgda",
     "min_norm_solver",
@@ -105,6 +132,7 @@ __all__ = (
     "soft_sharing_penalty",
     "standardize",
     "static_weighting",
+    "stch",
     "task_descriptors",
     "task_gradient_norms",
     "task_gradients",

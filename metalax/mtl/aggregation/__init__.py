@@ -50,9 +50,16 @@ gradients, linear scalarisation), :mod:`~metalax.mtl.aggregation.surgery`
 (PCGrad, GradDrop), :mod:`~metalax.mtl.aggregation.min_norm` (MGDA and its
 solver, CAGrad), :mod:`~metalax.mtl.aggregation.balanced` (IMTL-G, Nash-MTL,
 Aligned-MTL, UPGrad); each names its papers.
+:mod:`~metalax.mtl.aggregation.alignment` (GradVac, ConFIG, DualProj) and
+:mod:`~metalax.mtl.aggregation.fairness` (FairGrad, DB-MTL) hold the methods
+that align the update with every task and that balance what each task gets.
 """
 
 
+from metalax.mtl.aggregation.alignment import GradVacState
+from metalax.mtl.aggregation.alignment import conflict_free
+from metalax.mtl.aggregation.alignment import dualproj
+from metalax.mtl.aggregation.alignment import gradvac
 from metalax.mtl.aggregation.balanced import NashMTLState
 from metalax.mtl.aggregation.balanced import aligned_mtl
 from metalax.mtl.aggregation.balanced import imtl_g
@@ -63,6 +70,9 @@ from metalax.mtl.aggregation.base import TaskGrads
 from metalax.mtl.aggregation.base import linear_scalarization
 from metalax.mtl.aggregation.base import task_gradient_norms
 from metalax.mtl.aggregation.base import task_gradients
+from metalax.mtl.aggregation.fairness import DBMTLState
+from metalax.mtl.aggregation.fairness import db_mtl
+from metalax.mtl.aggregation.fairness import fairgrad
 from metalax.mtl.aggregation.min_norm import cagrad
 from metalax.mtl.aggregation.min_norm import mgda
 from metalax.mtl.aggregation.min_norm import min_norm_solver
@@ -73,13 +83,20 @@ from metalax.mtl.aggregation.surgery import pcgrad
 
 __all__ = (
     "Aggregator",
+    "DBMTLState",
     "GradDropState",
+    "GradVacState",
     "NashMTLState",
     "PCGradState",
     "TaskGrads",
     "aligned_mtl",
     "cagrad",
+    "conflict_free",
+    "db_mtl",
+    "dualproj",
+    "fairgrad",
     "graddrop",
+    "gradvac",
     "imtl_g",
     "linear_scalarization",
     "mgda",
