@@ -21,25 +21,43 @@ from metalax.meta.metric import matching_net
 from metalax.meta.metric import nearest_neighbour
 from metalax.meta.metric import protonet
 from metalax.meta.metric import r2d2
+from metalax.meta.neural_process import Gaussian
+from metalax.meta.neural_process import NPModel
+from metalax.meta.neural_process import NeuralProcess
+from metalax.meta.neural_process import anp
+from metalax.meta.neural_process import cnp
+from metalax.meta.neural_process import gaussian_kl
+from metalax.meta.neural_process import latent_np
+from metalax.meta.neural_process import neural_process
+from metalax.meta.neural_process import np_model
 from metalax.meta.reptile import reptile
 
 __all__ = (
     "Aux",
     "EpisodeTransformer",
+    "Gaussian",
     "MetaLearner",
     "MetaParams",
+    "NPModel",
+    "NeuralProcess",
     "TaskParams",
     "anil",
+    "anp",
     "batch_loss",
     "blackbox",
+    "cnp",
     "episode_loss",
     "evaluate",
     "fomaml",
+    "gaussian_kl",
     "imaml",
+    "latent_np",
     "maml",
     "matching_net",
     "metasgd",
     "nearest_neighbour",
+    "neural_process",
+    "np_model",
     "protonet",
     "query_loss",
     "query_metrics",
