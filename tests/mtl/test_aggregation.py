@@ -507,3 +507,37 @@ def test_graddrop_keeps_agreeing_elements_and_drops_by_sign():
   assert np.ptp(np.array(results)[:, 2]) > 0  # the mixed-sign element is random.
   np.testing.assert_allclose(_aggregate(mtl.graddrop(KEY, leak=1.0), grads), grads.sum(0),
                              rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# float64 gradients (x64): hyperparameters follow the gradients' dtype.
+
+
+def test_float64_gradients_meet_float64_hyperparameters():
+  with jax.enable_x64(True):
+    grads = NON_CONFLICTING.astype(np.float64) + np.array([0.0, 1e-3, 2e-3])[:, None]
+    tight = dict(rtol=1e-13, atol=1e-15)   # float32 hyperparameters are off by ~1e-8
+    preference = [0.1, 0.3, 0.6]
+    update = _aggregate(mtl.upgrad(preference=preference), grads)   # crashed in the solver's while_loop
+    assert update.dtype == np.float64
+    np.testing.assert_allclose(update, np.array(preference) @ grads, **tight)
+
+    update = _aggregate(mtl.linear_scalarization([0.1, 0.2, 0.3]), grads)
+    assert update.dtype == np.float64
+    np.testing.assert_allclose(update, np.array([0.1, 0.2, 0.3]) @ grads, **tight)
+
+    nash = mtl.nash_mtl(3, max_norm=0.0, update_weights_every=2)
+    state = nash.init(None)
+    assert state.weights.dtype == np.float64
+    first, state = nash.update(jnp.asarray(grads), state)
+    second, state = nash.update(jnp.asarray(grads), state)   # reuses the stored weights
+    assert state.weights.dtype == np.float64
+    np.testing.assert_allclose(second, first, **tight)
+
+    mixed = np.array([[1.0, 3.0], [-0.7, -0.3]])           # every element has mixed signs
+    update = _aggregate(mtl.graddrop(KEY, leak=0.1), mixed)
+    assert update.dtype == np.float64
+    keep_positive = mixed[0] + 0.1 * mixed[1]
+    keep_negative = 0.1 * mixed[0] + mixed[1]
+    for k in range(2):
+      assert min(abs(update[k] - keep_positive[k]), abs(update[k] - keep_negative[k])) < 1e-15

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from metalax.mtl.aggregation.base import Aggregator
+from metalax.mtl.aggregation.base import as_constant
 from metalax.mtl.aggregation.base import combine
 from metalax.mtl.aggregation.base import count_tasks
 from metalax.mtl.aggregation.base import gramian
@@ -157,8 +158,9 @@ def nash_mtl(
         f"update_weights_every must be a positive int, got {update_weights_every!r}.")
 
   def init_fn(params):
-    del params
-    return NashMTLState(jnp.zeros((), jnp.int32), jnp.ones((num_tasks,), jnp.float32))
+    # The weights are kept in the parameters' float dtype (the default float
+    # dtype without parameters: float64 when x64 is enabled).
+    return NashMTLState(jnp.zeros((), jnp.int32), jnp.ones((num_tasks,), _float_dtype(params)))
 
   def update_fn(task_grads, state, params=None, **extra_args):
     del params, extra_args
@@ -319,14 +321,22 @@ def upgrad(
     Quinton & Rey, Jacobian Descent for Multi-Objective Optimization,
     arXiv:2406.16232, 2024 (code: github.com/TorchJD/torchjd).
   """
-  fixed = None if preference is None else jnp.asarray(preference, jnp.float32)
+  # Kept in its own precision and cast to the Gram matrix's dtype (the gradients') when used.
+  fixed = None if preference is None else as_constant(preference)
 
   def weights_fn(gram):
     num_tasks = gram.shape[0]
     if fixed is not None and fixed.shape != (num_tasks,):
       raise ValueError(f"upgrad has a preference of shape {tuple(fixed.shape)} but "
                        f"task_grads have {num_tasks} tasks.")
-    pref = jnp.full((num_tasks,), 1.0 / num_tasks, gram.dtype) if fixed is None else fixed
+    pref = jnp.full((num_tasks,), 1.0 / num_tasks, gram.dtype) if fixed is None else jnp.asarray(fixed, gram.dtype)
     return _upgrad_weights(gram, pref, norm_eps, reg_eps)
 
   return weights_aggregator(weights_fn)
+
+
+def _float_dtype(params) -> jnp.dtype:
+  """The float dtype of ``params``' float leaves, or the default float dtype (float64 under x64)."""
+  floats = [leaf.dtype for leaf in jax.tree.leaves(params)
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)]
+  return jnp.result_type(*floats) if floats else jnp.asarray(1.0).dtype

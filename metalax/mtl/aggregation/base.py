@@ -10,6 +10,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 try:
@@ -138,6 +139,17 @@ def gramian(task_grads: TaskGrads) -> jax.Array:
   return gram
 
 
+def as_constant(values: Any) -> Any:
+  """A constructor argument kept at full precision: float64 NumPy, or the array itself if traced.
+
+  Cast to the gradients' dtype where used, so that float64 gradients (x64)
+  meet float64 hyperparameters and float32 ones float32.
+  """
+  if isinstance(values, jax.core.Tracer):
+    return values
+  return np.asarray(values, np.float64)
+
+
 def combine(weights: jax.Array, task_grads: TaskGrads) -> Any:
   """``sum_i weights[i] * task_grads[i]`` on every leaf."""
   def weighted_sum(leaf):
@@ -170,12 +182,13 @@ def linear_scalarization(weights: Sequence[float] | jax.Array | None = None) -> 
   ones (see the module docstring).
 
   Args:
-    weights: ``[T]`` task weights, or None for all ones.
+    weights: ``[T]`` task weights, or None for all ones; applied in each
+      gradient leaf's dtype.
 
   Returns:
     A stateless aggregator.
   """
-  fixed = None if weights is None else jnp.asarray(weights, jnp.float32)
+  fixed = None if weights is None else as_constant(weights)
 
   def update_fn(task_grads, state, params=None, **extra_args):
     del params, extra_args
@@ -183,7 +196,7 @@ def linear_scalarization(weights: Sequence[float] | jax.Array | None = None) -> 
     if fixed is not None and fixed.shape != (num_tasks,):
       raise ValueError(f"linear_scalarization has weights of shape {tuple(fixed.shape)} "
                        f"but task_grads have {num_tasks} tasks.")
-    w = jnp.ones((num_tasks,), jnp.float32) if fixed is None else fixed
+    w = jnp.ones((num_tasks,), jnp.int32) if fixed is None else fixed   # combine casts per leaf
     return combine(w, task_grads), state
 
   return Aggregator(optax.init_empty_state, update_fn)

@@ -145,10 +145,11 @@ def graddrop(key: jax.Array, *, leak: float | Sequence[float] = 0.0) -> Aggregat
     Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov, Just Pick a Sign:
     Optimizing Deep Multitask Models with Gradient Sign Dropout, NeurIPS 2020.
   """
-  leak_values = np.asarray(leak, np.float32)  # checked in NumPy: the constructor may run inside jit
-  if leak_values.ndim > 1 or np.any((leak_values < 0) | (leak_values > 1)):
+  # Checked in NumPy (the constructor may run inside jit), kept in float64 and
+  # cast to each gradient leaf's dtype when used.
+  leak_array = np.asarray(leak, np.float64)
+  if leak_array.ndim > 1 or np.any((leak_array < 0) | (leak_array > 1)):
     raise ValueError(f"leak must be a scalar or [T] vector in [0, 1], got {leak!r}.")
-  leak_array = jnp.asarray(leak_values)
 
   def update_fn(task_grads, state, params=None, **extra_args):
     del params, extra_args
@@ -164,7 +165,7 @@ def graddrop(key: jax.Array, *, leak: float | Sequence[float] = 0.0) -> Aggregat
       purity = 0.5 * (1.0 + jnp.sum(leaf, 0) / (jnp.sum(jnp.abs(leaf), 0) + 1e-7))
       uniform = jax.random.uniform(leaf_key, leaf.shape[1:], purity.dtype)
       keep = (((purity > uniform) & (leaf > 0)) | ((purity < uniform) & (leaf < 0)))
-      leak_t = jnp.broadcast_to(leak_array, (num_tasks,)).astype(leaf.dtype)
+      leak_t = jnp.broadcast_to(jnp.asarray(leak_array, leaf.dtype), (num_tasks,))
       leak_t = leak_t.reshape((num_tasks,) + (1,) * (leaf.ndim - 1))
       return jnp.sum((leak_t + (1 - leak_t) * keep.astype(leaf.dtype)) * leaf, axis=0)
 
