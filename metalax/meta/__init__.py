@@ -31,6 +31,8 @@ from metalax.meta.neural_process import latent_np
 from metalax.meta.neural_process import neural_process
 from metalax.meta.neural_process import np_model
 from metalax.meta.reptile import reptile
+from metalax.meta.versa import VersaAmortisation
+from metalax.meta.versa import versa
 
 __all__ = (
     "Aux",
@@ -41,6 +43,7 @@ __all__ = (
     "NPModel",
     "NeuralProcess",
     "TaskParams",
+    "VersaAmortisation",
     "anil",
     "anp",
     "batch_loss",
@@ -64,4 +67,5 @@ __all__ = (
     "r2d2",
     "reptile",
     "train_step",
+    "versa",
 )
