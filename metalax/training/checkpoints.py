@@ -176,7 +176,8 @@ def _stored_tree(step_directory: str) -> dict[str, Any]:
 
 
 def _first_line(error: BaseException) -> str:
-  return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+  line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+  return line.split(" [tensorstore_spec")[0][:300]  # tensorstore appends its whole JSON spec
 
 
 def _describe_mismatch(stored: dict[str, Any], wanted: dict[str, Any]) -> str | None:

@@ -141,7 +141,11 @@ def write_run_info(workdir: str, config: Any) -> None:
     kept, n = os.path.join(workdir, f"run.{earlier}.json"), 1
     while os.path.exists(kept):
       kept, n = os.path.join(workdir, f"run.{earlier}-{n}.json"), n + 1
-    os.replace(path, kept)
+    try:
+      os.link(path, kept)  # a second name for the old record: run.json is never missing
+    except OSError:
+      with open(path) as f:
+        write_atomic(kept, f.read())
   write_atomic(path, json.dumps(info, indent=2, default=str))
 
 
@@ -247,6 +251,7 @@ def check_resume(workdir: str, config: Any, allow_changes: Iterable[str] = ()) -
     elif os.path.exists(path):
       return
   if is_main_process():
+    os.makedirs(workdir, exist_ok=True)
     write_atomic(path, json.dumps(current, indent=2, sort_keys=True))
 
 
