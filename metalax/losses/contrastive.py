@@ -10,8 +10,17 @@ equality matters). Distances are one of :data:`DISTANCES`:
 * ``"squared_euclidean"``: :math:`\|x - y\|_2^2`;
 * ``"cosine"``: :math:`1 - \cos(x, y)`, in ``[0, 2]``.
 
-No function normalises the embeddings unless it says so: pass
-``l2_normalize(embeddings)`` for losses on the unit sphere.
+Normalisation: the losses with a ``distance`` argument (the triplet and pair
+losses) take the embeddings as given: pass ``l2_normalize(embeddings)`` for
+losses on the unit sphere. The softmax losses :func:`info_nce`,
+:func:`nt_xent` and :func:`supcon_loss` L2-normalise by default
+(``normalize=True``, cosine similarities, as their papers); pass
+``normalize=False`` for raw dot products.
+
+In-batch losses that average over a variable number of terms per anchor
+(:func:`triplet_loss`) return per-anchor *shares* of the batch loss: their
+mean is the mean over the batch's selected terms, so ``jnp.mean`` gives the
+published reduction whatever the number of positives of each anchor.
 
 Moving from pytorch-metric-learning (PML, 2.x; defaults read from its source
 ``src/pytorch_metric_learning/losses/*.py``). PML losses L2-normalise the
@@ -24,8 +33,8 @@ With ``z = l2_normalize(embeddings)``:
 =================================================  ===========================================================
 PML                                                metalax
 =================================================  ===========================================================
-``TripletMarginLoss()`` (margin 0.05, all          ``mean_nonzero(*all_triplet_losses(z, labels, margin=0.05))``
-triplets, Euclidean, AvgNonZero)
+``TripletMarginLoss()`` (margin 0.05, all          ``jnp.mean(triplet_loss(z, labels, margin=0.05))``
+triplets, Euclidean, AvgNonZero)                   (or ``mean_nonzero(*all_triplet_losses(z, labels, margin=0.05))``)
 ``ContrastiveLoss()`` (pos_margin 0, neg_margin    ``l, pos, neg = all_pair_losses(z, labels, power=1)``;
 1, Euclidean, AvgNonZero on positive and           ``mean_nonzero(l, pos) + mean_nonzero(l, neg)``
 negative pairs separately, summed)
@@ -38,9 +47,10 @@ AvgNonZero over anchors)
 metalax's own defaults follow the papers instead: margin 0.2 for the triplet
 loss (FaceNet), ``power=2`` (squared hinge) for the pair loss (Hadsell et al.),
 temperature 0.5 for NT-Xent (SimCLR's CIFAR-10 setting) and 0.1 for SupCon.
-PML's semi-hard *miner* keeps every triplet with ``d_ap < d_an < d_ap +
-margin``; ``triplet_loss(mining="semi_hard")`` is FaceNet's rule instead (one
-negative per anchor-positive pair), see :func:`triplet_loss`.
+The triplet loss mines all triplets and averages over those with a positive
+loss by default (PML's convention, Hermans et al.'s "BA≠0"). PML's miners
+(``BatchHardMiner``, ``TripletMarginMiner``, ``MultiSimilarityMiner``) are in
+:mod:`metalax.losses.miners`, with their own table.
 """
 
 import jax
@@ -191,7 +201,8 @@ def all_triplet_losses(embeddings: jax.Array, labels: jax.Array, *, margin: floa
     ``(losses [n, n, n], valid [n, n, n])``: ``losses[a, p, m] = max(0, d(a, p)
     - d(a, m) + margin)``, and ``valid`` is true where ``p != a`` has ``a``'s
     label and ``m`` another label. ``mean_nonzero(losses, valid)`` is PML's
-    ``TripletMarginLoss`` with ``AvgNonZeroReducer``.
+    ``TripletMarginLoss`` with ``AvgNonZeroReducer``. The output is O(n^3):
+    for large batches use :func:`triplet_loss`, O(n^2) in memory.
 
   Raises:
     ValueError: for shapes that are not ``[n, d]`` and ``[n]``, or an unknown distance.
@@ -204,23 +215,67 @@ def all_triplet_losses(embeddings: jax.Array, labels: jax.Array, *, margin: floa
   return jnp.where(valid, losses, 0.0), valid
 
 
+def _check_positive(value, name: str) -> None:
+  """Raise for a concrete ``value <= 0``; a traced value (e.g. a learnable temperature under ``jit``) passes."""
+  try:
+    concrete = float(value)
+  except TypeError:  # a tracer (jax.errors.ConcretizationTypeError is a TypeError) or a non-scalar array
+    return
+  if not concrete > 0:
+    raise ValueError(f"{name} must be > 0, got {value}.")
+
+
+def _sorted_negatives(distances: jax.Array, negative: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Each anchor's negative distances ascending, their prefix sums and their count.
+
+  Returns ``(ordered [n, n], prefix [n, n + 1], count [n])``: ``ordered[a]``
+  holds ``a``'s ``count[a]`` negative distances ascending, then ``+inf``;
+  ``prefix[a, k]`` is the sum of the first ``k`` of them. Everything a triplet
+  loss needs from the negatives of an anchor, in O(n^2) memory.
+  """
+  ordered = jnp.sort(jnp.where(negative, distances, jnp.inf), axis=1)
+  finite = jnp.where(jnp.isfinite(ordered), ordered, 0.0)
+  prefix = jnp.concatenate([jnp.zeros_like(finite[:, :1]), jnp.cumsum(finite, axis=1)], axis=1)
+  return ordered, prefix, jnp.sum(negative, axis=1)
+
+
+def _rank(ordered: jax.Array, values: jax.Array, side: str) -> jax.Array:
+  """``searchsorted`` of ``values[a, :]`` in the sorted row ``ordered[a, :]``, for every row ``a``."""
+  return jax.vmap(lambda row, v: jnp.searchsorted(row, v, side=side))(ordered, values)
+
+
 def triplet_loss(embeddings: jax.Array, labels: jax.Array, *, margin: float = 0.2, distance: str = "euclidean",
-                 mining: str = "batch_hard") -> jax.Array:
-  r"""Triplet loss with the triplets mined from the labels of a batch, per anchor.
+                 mining: str = "all", nonzero: bool = True,
+                 margin_range: tuple[float, float] | None = None) -> jax.Array:
+  r"""Triplet loss with the triplets mined from the labels of a batch, as per-anchor shares of the batch loss.
 
-  With ``d`` the distance matrix, ``P(a)`` the other examples of ``a``'s class
-  and ``N(a)`` the examples of other classes:
+  With ``d`` the distance matrix, ``P(a)`` the other examples of ``a``'s class,
+  ``N(a)`` the examples of other classes and :math:`\ell_{apn} = [d_{ap} -
+  d_{an} + m]_+`, ``mining`` selects the triplets:
 
-  * ``"all"``: the mean of :math:`[d_{ap} - d_{an} + m]_+` over all ``p in P(a)``,
-    ``n in N(a)`` (Weinberger & Saul's batch-all);
-  * ``"batch_hard"``: :math:`[\max_{p} d_{ap} - \min_{n} d_{an} + m]_+`, the
-    hardest positive and the hardest negative (Hermans et al. 2017);
-  * ``"semi_hard"``: for every ``p in P(a)`` the closest negative farther than
-    ``p`` (:math:`d_{an} > d_{ap}`), or the farthest negative if none is; the
-    mean over ``p`` of :math:`[d_{ap} - d_{an} + m]_+` (FaceNet's rule, as in
-    TensorFlow Addons' ``TripletSemiHardLoss``).
+  * ``"all"``: every ``(a, p, n)`` with ``p in P(a)``, ``n in N(a)`` (batch-all;
+    Weinberger & Saul, Hermans et al.), optionally only those whose margin
+    :math:`d_{an} - d_{ap}` lies in ``margin_range = (low, high]`` (PML's
+    ``TripletMarginMiner``, see :func:`metalax.losses.miners.triplet_margin_miner`);
+  * ``"batch_hard"``: one per anchor, :math:`[\max_{p} d_{ap} - \min_{n} d_{an}
+    + m]_+`, the hardest positive and the hardest negative (Hermans et al.
+    2017, and PML's ``BatchHardMiner``);
+  * ``"semi_hard"``: one per ``(a, p)``, the closest negative farther than ``p``
+    (:math:`d_{an} > d_{ap}`), or the farthest negative if none is (FaceNet's
+    rule, as in TensorFlow Addons' ``TripletSemiHardLoss``).
 
-  Anchors with no positive or no negative in the batch get loss 0.
+  The batch loss is the mean of the selected triplets' losses over the
+  selected triplets with a positive loss (``nonzero=True``: PML's
+  ``AvgNonZeroReducer``, Hermans et al.'s "BA≠0"; a mean that does not fade as
+  most triplets become easy) or over all selected triplets (``nonzero=False``:
+  the batch-all mean; TensorFlow Addons' reduction with ``"semi_hard"``;
+  Hermans et al.'s with ``"batch_hard"``). Anchor ``a`` returns its share
+  :math:`n \sum_{\text{its triplets}} \ell_{apn} / T` (``T`` the count above,
+  at least 1), so that ``jnp.mean`` of the result is that batch loss exactly,
+  whatever the number of positives of each anchor. Anchors with no positive
+  or no negative select no triplet and return 0. Memory is O(n^2) for every
+  mining (sorted negative distances and their prefix sums; no ``[n, n, n]``
+  tensor), values and gradients those of the explicit triplets.
 
   Args:
     embeddings: ``[n, d]``.
@@ -228,45 +283,67 @@ def triplet_loss(embeddings: jax.Array, labels: jax.Array, *, margin: float = 0.
     margin: the required gap between negative and positive distances.
     distance: one of :data:`DISTANCES`.
     mining: one of :data:`MININGS`.
+    nonzero: average over the selected triplets with a positive loss only.
+    margin_range: ``(low, high)``; with ``mining="all"``, keep only the
+      triplets with ``low < d_an - d_ap <= high``. ``None`` keeps all.
 
   Returns:
-    Per-anchor losses ``[n]``.
+    Per-anchor shares ``[n]``; ``jnp.mean`` of them is the batch loss.
 
   Raises:
-    ValueError: for an unknown mining or distance, or shapes that are not ``[n, d]`` and ``[n]``.
+    ValueError: for an unknown mining or distance, shapes that are not ``[n, d]``
+      and ``[n]``, or a ``margin_range`` with another mining than ``"all"``.
 
   Example:
-    >>> loss = jnp.mean(triplet_loss(l2_normalize(embeddings), labels, mining="semi_hard"))
+    >>> loss = jnp.mean(triplet_loss(l2_normalize(embeddings), labels))
 
   References:
     Schroff et al., FaceNet, CVPR 2015 (semi-hard negatives).
     Hermans, Beyer & Leibe, In Defense of the Triplet Loss for Person
-    Re-Identification, arXiv:1703.07737, 2017 (batch-hard).
+    Re-Identification, arXiv:1703.07737, 2017 (batch-hard, batch-all, BA≠0).
   """
   if mining not in MININGS:
     raise ValueError(f"mining must be one of {MININGS}, got {mining!r}.")
+  if margin_range is not None and (mining != "all" or len(margin_range) != 2):
+    raise ValueError(f"margin_range must be a pair (low, high) and needs mining='all', got margin_range="
+                     f"{margin_range!r} with mining={mining!r}.")
+  _check_distance(distance)
   _check_labels(embeddings, labels)
-  if mining == "all":
-    losses, valid = all_triplet_losses(embeddings, labels, margin=margin, distance=distance)
-    count = jnp.sum(valid, axis=(1, 2))
-    return jnp.sum(losses, axis=(1, 2)) / jnp.maximum(count, 1)
+  n = embeddings.shape[0]
   distances = pairwise_distances(embeddings, distance=distance)
   positive, negative = _label_masks(labels)
   has_both = jnp.any(positive, axis=1) & jnp.any(negative, axis=1)
   if mining == "batch_hard":
     hardest_positive = jnp.max(jnp.where(positive, distances, -jnp.inf), axis=1)
     hardest_negative = jnp.min(jnp.where(negative, distances, jnp.inf), axis=1)
-    losses = jax.nn.relu(hardest_positive - hardest_negative + margin)
-    return jnp.where(has_both, losses, 0.0)
-  # semi_hard: [a, p] -> the chosen negative distance.
-  farther = negative[:, None, :] & (distances[:, None, :] > distances[:, :, None])     # [a, p, n]
-  closest_farther = jnp.min(jnp.where(farther, distances[:, None, :], jnp.inf), axis=2)
-  farthest = jnp.max(jnp.where(negative, distances, -jnp.inf), axis=1)[:, None]
-  chosen = jnp.where(jnp.any(farther, axis=2), closest_farther, farthest)
-  pair_losses = jax.nn.relu(distances - jnp.where(jnp.isfinite(chosen), chosen, 0.0) + margin)
-  pair_losses = jnp.where(positive, pair_losses, 0.0)
-  losses = jnp.sum(pair_losses, axis=1) / jnp.maximum(jnp.sum(positive, axis=1), 1)
-  return jnp.where(has_both, losses, 0.0)
+    losses = jnp.where(has_both, jax.nn.relu(hardest_positive - hardest_negative + margin), 0.0)
+    count = jnp.sum(losses > 0) if nonzero else jnp.sum(has_both)
+    return n * losses / jnp.maximum(count, 1)
+  ordered, prefix, num_negatives = _sorted_negatives(distances, negative)
+  if mining == "semi_hard":
+    first_farther = _rank(ordered, distances, "right")                        # [a, p]: first d_an > d_ap
+    farthest = jnp.maximum(num_negatives - 1, 0)[:, None]
+    index = jnp.where(first_farther < num_negatives[:, None], first_farther, farthest)
+    chosen = jnp.take_along_axis(ordered, jnp.minimum(index, n - 1), axis=1)
+    chosen = jnp.where(jnp.isfinite(chosen), chosen, 0.0)
+    selected = positive & has_both[:, None]
+    pair_losses = jnp.where(selected, jax.nn.relu(distances - chosen + margin), 0.0)
+    count = jnp.sum(pair_losses > 0) if nonzero else jnp.sum(selected)
+    return n * jnp.sum(pair_losses, axis=1) / jnp.maximum(count, 1)
+  # "all": for each (a, p), the negatives with d_an in (d_ap + low, d_ap + high] and a positive loss
+  # (d_an < d_ap + margin) are a contiguous run of a's sorted negatives.
+  low, high = (-jnp.inf, jnp.inf) if margin_range is None else margin_range
+  last = num_negatives[:, None]
+  lower = jnp.zeros_like(distances, dtype=jnp.int32) if low == -jnp.inf else _rank(ordered, distances + low, "right")
+  window = last if high == jnp.inf else jnp.minimum(_rank(ordered, distances + high, "right"), last)
+  upper = jnp.minimum(_rank(ordered, distances + margin, "left"), window)
+  lower = jnp.minimum(lower, window)
+  active = jnp.maximum(upper - lower, 0)
+  negative_sum = (jnp.take_along_axis(prefix, jnp.maximum(upper, lower), axis=1)
+                  - jnp.take_along_axis(prefix, lower, axis=1))
+  pair_losses = jnp.where(positive, active * (distances + margin) - negative_sum, 0.0)
+  count = jnp.sum(jnp.where(positive, active if nonzero else window - lower, 0))
+  return n * jnp.sum(pair_losses, axis=1) / jnp.maximum(count, 1)
 
 
 def pair_contrastive_loss(x1: jax.Array, x2: jax.Array, same: jax.Array, *, pos_margin: float = 0.0,
@@ -356,8 +433,7 @@ def contrastive_loss(embeddings: jax.Array, labels: jax.Array, *, pos_margin: fl
 
 
 def _logits(queries: jax.Array, keys: jax.Array, temperature: float, normalize: bool) -> jax.Array:
-  if not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}.")
+  _check_positive(temperature, "temperature")
   if normalize:
     queries, keys = l2_normalize(queries), l2_normalize(keys)
   return queries @ keys.T / temperature
@@ -377,14 +453,15 @@ def info_nce(queries: jax.Array, positives: jax.Array, negatives: jax.Array, *, 
     positives: ``[n, d]``, one positive key per query.
     negatives: ``[n, k, d]`` (each query's own negatives) or ``[k, d]`` (shared
       by every query, as MoCo's queue).
-    temperature: ``tau > 0``.
+    temperature: ``tau > 0``; may be a traced value (a learnable temperature under ``jit``), checked
+      only when concrete.
     normalize: L2-normalise queries and keys first.
 
   Returns:
     Per-query losses ``[n]``; ``log(k + 1)`` when every similarity is equal.
 
   Raises:
-    ValueError: for mismatched shapes or ``temperature <= 0``.
+    ValueError: for mismatched shapes or a concrete ``temperature <= 0``.
 
   References:
     van den Oord, Li & Vinyals, Representation Learning with Contrastive
@@ -395,8 +472,7 @@ def info_nce(queries: jax.Array, positives: jax.Array, negatives: jax.Array, *, 
       negatives.ndim == 3 and negatives.shape[0] != queries.shape[0]):
     raise ValueError(f"expected queries [n, d], positives [n, d], negatives [n, k, d] or [k, d]; got "
                      f"{tuple(queries.shape)}, {tuple(positives.shape)}, {tuple(negatives.shape)}.")
-  if not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}.")
+  _check_positive(temperature, "temperature")
   if normalize:
     queries, positives, negatives = l2_normalize(queries), l2_normalize(positives), l2_normalize(negatives)
   positive_logits = jnp.sum(queries * positives, -1, keepdims=True) / temperature           # [n, 1]
@@ -421,7 +497,8 @@ def nt_xent(embeddings: jax.Array, *, temperature: float = 0.5, normalize: bool 
 
   Args:
     embeddings: ``[2N, d]`` projections.
-    temperature: ``tau > 0``.
+    temperature: ``tau > 0``; may be a traced value (a learnable temperature under ``jit``), checked
+      only when concrete.
     normalize: L2-normalise first (cosine similarities), as SimCLR.
 
   Returns:
@@ -430,7 +507,8 @@ def nt_xent(embeddings: jax.Array, *, temperature: float = 0.5, normalize: bool 
     and all other rows are orthogonal to them.
 
   Raises:
-    ValueError: if the number of rows is odd or the shape is not ``[2N, d]``.
+    ValueError: if the number of rows is odd, the shape is not ``[2N, d]``, or a concrete
+      ``temperature <= 0``.
 
   References:
     Chen, Kornblith, Norouzi & Hinton, A Simple Framework for Contrastive
@@ -461,14 +539,15 @@ def supcon_loss(embeddings: jax.Array, labels: jax.Array, *, temperature: float 
   Args:
     embeddings: ``[n, d]`` (all views stacked).
     labels: ``[n]``.
-    temperature: ``tau > 0``.
+    temperature: ``tau > 0``; may be a traced value (a learnable temperature under ``jit``), checked
+      only when concrete.
     normalize: L2-normalise first, as the paper.
 
   Returns:
     Per-anchor losses ``[n]``; 0 for anchors with no positive.
 
   Raises:
-    ValueError: for shapes that are not ``[n, d]`` and ``[n]``, or ``temperature <= 0``.
+    ValueError: for shapes that are not ``[n, d]`` and ``[n]``, or a concrete ``temperature <= 0``.
 
   References:
     Khosla et al., Supervised Contrastive Learning, NeurIPS 2020.

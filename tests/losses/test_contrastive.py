@@ -43,31 +43,134 @@ def np_triplets(x, labels, margin, distance):
   return out
 
 
+def np_selected_triplets(x, labels, margin, distance, mining, margin_range=None):
+  """The triplets each mining selects, by brute force: {anchor: [loss of each selected triplet]}."""
+  d = np.array([[np_distance(a, b, distance) for b in x] for a in x])
+  selected = {}
+  for a in range(len(x)):
+    positives = [p for p in range(len(x)) if p != a and labels[p] == labels[a]]
+    negatives = [n for n in range(len(x)) if labels[n] != labels[a]]
+    if not positives or not negatives:
+      continue
+    if mining == "all":
+      low, high = margin_range or (-np.inf, np.inf)
+      selected[a] = [max(0, d[a, p] - d[a, n] + margin) for p in positives for n in negatives
+                     if low < d[a, n] - d[a, p] <= high]
+    elif mining == "batch_hard":
+      selected[a] = [max(0, max(d[a, p] for p in positives) - min(d[a, n] for n in negatives) + margin)]
+    else:
+      selected[a] = []
+      for p in positives:
+        farther = [d[a, n] for n in negatives if d[a, n] > d[a, p]]
+        chosen = min(farther) if farther else max(d[a, n] for n in negatives)
+        selected[a].append(max(0, d[a, p] - chosen + margin))
+  return selected
+
+
+def np_triplet_shares(selected, n, nonzero):
+  """Per-anchor shares n * sum(anchor's triplets) / T, T = the selected triplets (with a positive loss)."""
+  values = [v for vs in selected.values() for v in vs]
+  total = max(sum(v > 0 for v in values) if nonzero else len(values), 1)
+  return np.array([n * sum(selected.get(a, [])) / total for a in range(n)])
+
+
 @pytest.mark.parametrize("distance", losses.contrastive.DISTANCES)
 @pytest.mark.parametrize("mining", losses.contrastive.MININGS)
 def test_triplet_loss_matches_numpy(distance, mining):
   margin = 0.3
-  d = np.array([[np_distance(a, b, distance) for b in X] for a in X])
-  expected = np.zeros(len(X))
-  for a in range(len(X)):
-    positives = [p for p in range(len(X)) if p != a and LABELS[p] == LABELS[a]]
-    negatives = [n for n in range(len(X)) if LABELS[n] != LABELS[a]]
-    if not positives:
-      continue
-    if mining == "all":
-      expected[a] = np.mean([max(0, d[a, p] - d[a, n] + margin) for p in positives for n in negatives])
-    elif mining == "batch_hard":
-      expected[a] = max(0, max(d[a, p] for p in positives) - min(d[a, n] for n in negatives) + margin)
-    else:
-      values = []
-      for p in positives:
-        farther = [d[a, n] for n in negatives if d[a, n] > d[a, p]]
-        chosen = min(farther) if farther else max(d[a, n] for n in negatives)
-        values.append(max(0, d[a, p] - chosen + margin))
-      expected[a] = np.mean(values)
-  got = losses.triplet_loss(X, LABELS, margin=margin, distance=distance, mining=mining)
-  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
-  assert got[-1] == 0.0  # the single example of class 3 has no positive
+  selected = np_selected_triplets(X, LABELS, margin, distance, mining)
+  for nonzero in (True, False):
+    got = losses.triplet_loss(X, LABELS, margin=margin, distance=distance, mining=mining, nonzero=nonzero)
+    np.testing.assert_allclose(got, np_triplet_shares(selected, len(X), nonzero), rtol=1e-4, atol=1e-5)
+    assert got[-1] == 0.0  # the single example of class 3 has no positive
+  # The mean is the batch loss: over the selected triplets with a positive loss, or over all of them.
+  values = [v for vs in selected.values() for v in vs]
+  np.testing.assert_allclose(jnp.mean(losses.triplet_loss(X, LABELS, margin=margin, distance=distance, mining=mining)),
+                             np.mean([v for v in values if v > 0]), rtol=1e-4)
+  np.testing.assert_allclose(jnp.mean(losses.triplet_loss(X, LABELS, margin=margin, distance=distance, mining=mining,
+                                                          nonzero=False)), np.mean(values), rtol=1e-4)
+
+
+@pytest.mark.parametrize("margin_range", [(0.0, 0.3), (-np.inf, 0.0), (-np.inf, 0.3), (0.3, np.inf), (-0.2, 0.1)])
+def test_triplet_loss_margin_range_matches_numpy(margin_range):
+  z = np_unit(X)
+  selected = np_selected_triplets(z, LABELS, 0.2, "euclidean", "all", margin_range)
+  for nonzero in (True, False):
+    got = losses.triplet_loss(z, LABELS, margin=0.2, margin_range=margin_range, nonzero=nonzero)
+    np.testing.assert_allclose(got, np_triplet_shares(selected, len(X), nonzero), rtol=1e-4, atol=1e-5)
+
+
+def dense_triplet_reference(embeddings, labels, margin, distance, mining, nonzero):
+  """The [n, n, n] implementation triplet_loss had before its O(n^2) form (kept here as the reference)."""
+  distances = losses.pairwise_distances(embeddings, distance=distance)
+  same = labels[:, None] == labels[None, :]
+  positive, negative = same & ~jnp.eye(labels.shape[0], dtype=bool), ~same
+  has_both = jnp.any(positive, axis=1) & jnp.any(negative, axis=1)
+  n = embeddings.shape[0]
+  if mining == "all":
+    valid = positive[:, :, None] & negative[:, None, :]
+    values = jnp.where(valid, jax.nn.relu(distances[:, :, None] - distances[:, None, :] + margin), 0.0)
+    count = jnp.sum(values > 0) if nonzero else jnp.sum(valid)
+    return n * jnp.sum(values, axis=(1, 2)) / jnp.maximum(count, 1)
+  if mining == "batch_hard":
+    hardest_positive = jnp.max(jnp.where(positive, distances, -jnp.inf), axis=1)
+    hardest_negative = jnp.min(jnp.where(negative, distances, jnp.inf), axis=1)
+    values = jnp.where(has_both, jax.nn.relu(hardest_positive - hardest_negative + margin), 0.0)
+    return n * values / jnp.maximum(jnp.sum(values > 0) if nonzero else jnp.sum(has_both), 1)
+  farther = negative[:, None, :] & (distances[:, None, :] > distances[:, :, None])     # [a, p, n]
+  closest_farther = jnp.min(jnp.where(farther, distances[:, None, :], jnp.inf), axis=2)
+  farthest = jnp.max(jnp.where(negative, distances, -jnp.inf), axis=1)[:, None]
+  chosen = jnp.where(jnp.any(farther, axis=2), closest_farther, farthest)
+  values = jax.nn.relu(distances - jnp.where(jnp.isfinite(chosen), chosen, 0.0) + margin)
+  selected = positive & has_both[:, None]
+  values = jnp.where(selected, values, 0.0)
+  count = jnp.sum(values > 0) if nonzero else jnp.sum(selected)
+  return n * jnp.sum(values, axis=1) / jnp.maximum(count, 1)
+
+
+def test_triplet_loss_o_n2_form_equals_dense_values_and_gradients():
+  rng = np.random.default_rng(1)
+  labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4], np.int32)
+  settings = [(distance, mining, nonzero) for distance in ("euclidean", "cosine")
+              for mining in losses.contrastive.MININGS for nonzero in (True, False)]
+
+  @jax.jit
+  def both(x, weights):  # every setting in one compiled program: values and gradients of the new and old forms
+    out = []
+    for distance, mining, nonzero in settings:
+      new = lambda x: losses.triplet_loss(x, labels, margin=0.5, distance=distance, mining=mining, nonzero=nonzero)
+      old = lambda x: dense_triplet_reference(x, labels, 0.5, distance, mining, nonzero)
+      # A weighted sum checks every share's gradient.
+      out.append((new(x), old(x), jax.grad(lambda x: new(x) @ weights)(x), jax.grad(lambda x: old(x) @ weights)(x)))
+    return out
+
+  with jax.enable_x64():
+    results = both(jnp.asarray(rng.normal(size=(12, 4))), jnp.asarray(rng.uniform(size=12)))
+  for setting, (new, old, new_grad, old_grad) in zip(settings, results):
+    np.testing.assert_allclose(new, old, rtol=1e-10, atol=1e-12, err_msg=str(setting))
+    np.testing.assert_allclose(new_grad, old_grad, rtol=1e-9, atol=1e-12, err_msg=str(setting))
+
+
+def test_triplet_loss_edge_cases():
+  # One class: no negatives, every share 0 (and zero gradients); all-equal embeddings: every triplet costs the
+  # margin, whatever the mining, with finite gradients; an anchor with no positive gets 0.
+  one_class = np.zeros(6, np.int32)
+
+  @jax.jit
+  def run(x6, equal):
+    out = []
+    for mining in losses.contrastive.MININGS:
+      single = lambda x: jnp.mean(losses.triplet_loss(x, one_class, mining=mining))
+      coinciding = lambda x: jnp.mean(losses.triplet_loss(x, LABELS, margin=0.25, mining=mining))
+      out.append((losses.triplet_loss(x6, one_class, mining=mining), jax.grad(single)(x6), coinciding(equal),
+                  jax.grad(coinciding)(equal)))
+    return out
+
+  for values, grad, mean, equal_grad in run(X[:6], np.tile(X[:1], (8, 1))):
+    np.testing.assert_array_equal(values, 0.0)
+    np.testing.assert_array_equal(grad, 0.0)
+    np.testing.assert_allclose(mean, 0.25, rtol=1e-6)
+    assert np.all(np.isfinite(equal_grad))
 
 
 def test_all_triplet_losses_and_pml_reduction():
@@ -79,6 +182,8 @@ def test_all_triplet_losses_and_pml_reduction():
     np.testing.assert_allclose(values[a, p, n], value, rtol=1e-4, atol=1e-5)
   nonzero = [v for v in reference.values() if v > 0]
   np.testing.assert_allclose(losses.mean_nonzero(values, valid), np.mean(nonzero), rtol=1e-4)
+  # PML's TripletMarginLoss() is also the default triplet_loss, in O(n^2) memory.
+  np.testing.assert_allclose(jnp.mean(losses.triplet_loss(z, LABELS, margin=0.05)), np.mean(nonzero), rtol=1e-4)
   explicit = np.array(list(reference))
   np.testing.assert_allclose(
       losses.triplet_margin_loss(z[explicit[:, 0]], z[explicit[:, 1]], z[explicit[:, 2]], margin=0.05),
@@ -241,9 +346,35 @@ def test_jit_vmap_agree_with_loop_and_gradients_finite(name, finite_difference_g
                                rtol=1e-4, atol=1e-6)
 
 
+def test_learnable_temperature_under_jit_with_gradient():
+  # A traced temperature (a learnable parameter) works under jit; its gradient matches central differences of the
+  # NumPy reference, and a concrete temperature <= 0 is still refused.
+  negatives = RNG.normal(size=(6, 5)).astype(np.float32)
+  views = np.tile(np.arange(4), 2)
+  objectives = {
+      "nt_xent": (lambda t: jnp.mean(losses.nt_xent(X, temperature=t)), lambda t: np.mean(np_nt_xent(X, t))),
+      "supcon": (lambda t: jnp.mean(losses.supcon_loss(X, views, temperature=t)),
+                 lambda t: np.mean(np_supcon(X, views, t))),
+      "info_nce": (lambda t: jnp.mean(losses.info_nce(X[:4], X[4:], negatives, temperature=t)),
+                   lambda t: np.mean(np_info_nce(np_unit(X[:4]), np_unit(X[4:]), np_unit(negatives), t))),
+  }
+  for name, (objective, reference) in objectives.items():
+    # A learnable log-temperature, as CLIP's.
+    value, grad = jax.jit(jax.value_and_grad(lambda log_t: objective(jnp.exp(log_t))))(jnp.log(0.3))
+    np.testing.assert_allclose(value, reference(0.3), rtol=1e-4, err_msg=name)
+    eps = 1e-4
+    expected = (reference(np.exp(np.log(0.3) + eps)) - reference(np.exp(np.log(0.3) - eps))) / (2 * eps)
+    np.testing.assert_allclose(grad, expected, rtol=2e-3, err_msg=name)
+    with pytest.raises(ValueError, match="temperature"):
+      objective(-0.1)
+    with pytest.raises(ValueError, match="temperature"):
+      objective(jnp.asarray(0.0))
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda: losses.triplet_loss(X, LABELS, mining="hardest"), "mining"),
     (lambda: losses.triplet_loss(X, LABELS[:3]), "labels"),
+    (lambda: losses.triplet_loss(X, LABELS, mining="batch_hard", margin_range=(0, 1)), "margin_range"),
     (lambda: losses.pairwise_distances(X, distance="l1"), "distance"),
     (lambda: losses.nt_xent(X[:3]), "2N"),
     (lambda: losses.supcon_loss(X, LABELS, temperature=0.0), "temperature"),
