@@ -29,7 +29,9 @@ HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort", "--hel
 _OTHER_FLAGS = (
     ("--workdir=DIR", "Directory for results, checkpoints and plots (required; rerun in it to resume)."),
     ("--config=FILE[:PRESET]", "The config file, optionally with a preset of its PRESETS."),
-    ("--config.FIELD=VALUE", "Override a config field (a tuple field once, as --config.hidden=(40,40))."),
+    ("--config.FIELD=VALUE", "Override a config field. A tuple field takes its whole value once "
+                             "(--config.hidden=(40,40), --config.learners=maml,anil) or one element per "
+                             "repetition (--config.learners=maml --config.learners=anil)."),
     ("--distributed", "Run as one of several processes (jax.distributed.initialize); without the three flags "
                       "below JAX finds them from SLURM, Open MPI or the TPU environment."),
     ("--coordinator_address=HOST:PORT", "Address of process 0, which coordinates the processes."),
@@ -172,8 +174,19 @@ def _overrides(argv: list[str]) -> list[tuple[str, str | None]]:
   return found
 
 
+def _is_whole_tuple(value: str | None) -> bool:
+  """Whether an override's text is a whole tuple (``(8,8)``, ``()``, ``a,b``) rather than one element."""
+  return value is not None and any(mark in value for mark in "(),[]")
+
+
 def check_repeated_overrides(argv: list[str], config: Any) -> None:
-  """Refuses a tuple field overridden more than once (ml_collections would concatenate the values).
+  """Refuses a tuple field given more than once where a value is a whole tuple.
+
+  ml_collections builds a tuple from repeated elements (``--config.learners=maml
+  --config.learners=anil`` is ``("maml", "anil")``), and so it concatenates
+  repeated whole tuples: ``--config.hidden=(8,8) --config.hidden=(16,16)`` would
+  train ``(8, 8, 16, 16)`` and ``--config.hidden=()`` after a value would do
+  nothing. Those are refused.
 
   Raises:
     ValueError: naming the field and its values.
@@ -183,9 +196,29 @@ def check_repeated_overrides(argv: list[str], config: Any) -> None:
     values.setdefault(name, []).append(value)
   flat = fields(config)
   for name, given in values.items():
-    if len(given) > 1 and isinstance(flat.get(name), tuple):
+    if len(given) > 1 and isinstance(flat.get(name), tuple) and any(map(_is_whole_tuple, given)):
       raise ValueError(f"--config.{name} is given {len(given)} times ({', '.join(map(str, given))}); a tuple field "
-                       f"takes its whole value once, e.g. --config.{name}={given[-1]}.")
+                       f"takes its whole value once, e.g. --config.{name}={given[-1]} (or one element per "
+                       f"repetition, --config.{name}=a --config.{name}=b).")
+
+
+def split_name_lists(argv: list[str], config: Any) -> None:
+  """Reads an overridden tuple-of-names field given as a comma list as the names: ``maml,anil`` -> ``("maml", "anil")``.
+
+  ml_collections reads ``--config.learners=maml,anil`` (and ``(maml,anil)``,
+  which is no Python literal) as the one string ``"maml,anil"``. Changes
+  ``config`` in place, for the overridden fields only.
+  """
+  overridden = {name for name, _ in _overrides(argv)}
+  for name, value in fields(config).items():
+    if name in overridden and isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], str) and (
+        "," in value[0] or value[0].startswith("(")):
+      names = tuple(part.strip().strip("'\"") for part in value[0].strip("()[] ").split(","))
+      target = config
+      *parents, leaf = name.split(".")
+      for parent in parents:
+        target = target[parent]
+      target[leaf] = tuple(part for part in names if part)
 
 
 def unknown_fields_message(argv: list[str], spec: str) -> str | None:
@@ -220,6 +253,12 @@ def _config_spec(argv: list[str], default: str) -> str:
 
 def _flag_error(error: BaseException, argv: list[str], spec: str) -> str:
   """One line for a flag or config parsing error, with what to do."""
+  try:
+    load_config(spec)
+  except USER_ERRORS as e:  # the config file itself: missing, an unknown preset
+    return f"--config={spec}: {e}"
+  except Exception:  # the config file's own failure: absl's message below carries it
+    pass
   unknown = unknown_fields_message(argv, spec)
   if unknown:
     return unknown
@@ -298,6 +337,8 @@ def run(train_and_evaluate: Callable[[ml_collections.ConfigDict, str], Any], con
         config = config_flag.value
         config.keys()
       except OSError as e:  # ml_collections defers a missing config file's error to here
+        if not os.path.isfile(_split_spec(spec)[0]):
+          raise FileNotFoundError(f"--config={spec}: no config file {_split_spec(spec)[0]!r}.") from None
         raise FileNotFoundError(f"cannot load the --config file: {str(e).split('Attempted')[-1].strip()}") from None
       config_lib.run_settings(config)
       if distributed_flag.value or any(flag.value is not None for flag in (
@@ -318,6 +359,7 @@ def run(train_and_evaluate: Callable[[ml_collections.ConfigDict, str], Any], con
         check_repeated_overrides(argv, config)
       except ValueError as e:
         user_error(str(e))
+      split_name_lists(argv, config)
     return parsed
 
   app.run(main, flags_parser=parse_flags)
