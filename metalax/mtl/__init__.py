@@ -37,6 +37,14 @@ from metalax.mtl.conditioning import AdditiveConditioning
 from metalax.mtl.conditioning import ConcatConditioning
 from metalax.mtl.conditioning import FiLM
 from metalax.mtl.conditioning import MultiHead
+from metalax.mtl.experts import CGC
+from metalax.mtl.experts import DSelectK
+from metalax.mtl.experts import PLE
+from metalax.mtl.experts import Sluice
+from metalax.mtl.experts import dselect_k_regularizer
+from metalax.mtl.experts import experts_shared_mask
+from metalax.mtl.experts import sluice_subspace_penalty
+from metalax.mtl.experts import smooth_step
 from metalax.mtl.loss_balancing import FAMO
 from metalax.mtl.loss_balancing import FAMOState
 from metalax.mtl.loss_balancing import STCHState
@@ -74,9 +82,11 @@ from metalax.mtl.weighting import uncertainty_weighting
 __all__ = (
     "AdditiveConditioning",
     "Aggregator",
+    "CGC",
     "ConcatConditioning",
     "CrossStitch",
     "DBMTLState",
+    "DSelectK",
     "DynamicWeightAverageState",
     "FAMO",
     "FAMOState",
@@ -92,8 +102,10 @@ __all__ = (
     "MultiHead",
     "NashMTLState",
     "PCGradState",
+    "PLE",
     "RandomLossWeightingState",
     "STCHState",
+    "Sluice",
     "SoftParameterSharing",
     "TargetStandardizer",
     "TaskRouting",
@@ -103,9 +115,11 @@ __all__ = (
     "conflict_free",
     "db_mtl",
     "delta_m",
+    "dselect_k_regularizer",
     "dualproj",
     "dynamic_weight_average",
     "equal_weighting",
+    "experts_shared_mask",
     "fairgrad",
     "famo",
     "fit_standardizer",
@@ -129,6 +143,8 @@ __all__ = (
     "sample_examples",
     "sample_task_batch",
     "sample_tasks",
+    "sluice_subspace_penalty",
+    "smooth_step",
     "soft_sharing_penalty",
     "standardize",
     "static_weighting",
