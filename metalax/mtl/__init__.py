@@ -1,5 +1,5 @@
 """Multi-task learning: objectives, task scheduling, conditioning, architectures, loss weighting,
-gradient aggregation and metrics."""
+gradient aggregation, metrics and the training step."""
 
 from metalax.mtl.aggregation import Aggregator
 from metalax.mtl.aggregation import DBMTLState
@@ -27,10 +27,13 @@ from metalax.mtl.aggregation import upgrad
 from metalax.mtl.architectures import CrossStitch
 from metalax.mtl.architectures import HardParameterSharing
 from metalax.mtl.architectures import MMoE
+from metalax.mtl.architectures import MLPTrunk
 from metalax.mtl.architectures import MTAN
 from metalax.mtl.architectures import SoftParameterSharing
+from metalax.mtl.architectures import TaskConditioned
 from metalax.mtl.architectures import TaskRouting
 from metalax.mtl.architectures import TaskRoutingLayer
+from metalax.mtl.architectures import shared_mask
 from metalax.mtl.architectures import soft_sharing_penalty
 from metalax.mtl.architectures import task_routing_masks
 from metalax.mtl.conditioning import AdditiveConditioning
@@ -67,14 +70,18 @@ from metalax.mtl.scheduling import sample_examples
 from metalax.mtl.scheduling import sample_task_batch
 from metalax.mtl.scheduling import sample_tasks
 from metalax.mtl.scheduling import task_probabilities
+from metalax.mtl.step import MethodState
+from metalax.mtl.step import TrainState
+from metalax.mtl.step import TrainStep
+from metalax.mtl.step import train_step
 from metalax.mtl.weighting import DynamicWeightAverageState
-from metalax.mtl.weighting import GradNorm
 from metalax.mtl.weighting import GradNormState
 from metalax.mtl.weighting import LossWeighting
 from metalax.mtl.weighting import RandomLossWeightingState
 from metalax.mtl.weighting import dynamic_weight_average
 from metalax.mtl.weighting import equal_weighting
 from metalax.mtl.weighting import gradnorm
+from metalax.mtl.weighting import mgda_ub
 from metalax.mtl.weighting import random_loss_weighting
 from metalax.mtl.weighting import static_weighting
 from metalax.mtl.weighting import uncertainty_weighting
@@ -92,11 +99,12 @@ __all__ = (
     "FAMOState",
     "FiLM",
     "GradDropState",
-    "GradNorm",
     "GradNormState",
     "GradVacState",
     "HardParameterSharing",
     "LossWeighting",
+    "MethodState",
+    "MLPTrunk",
     "MMoE",
     "MTAN",
     "MultiHead",
@@ -108,8 +116,11 @@ __all__ = (
     "Sluice",
     "SoftParameterSharing",
     "TargetStandardizer",
+    "TaskConditioned",
     "TaskRouting",
     "TaskRoutingLayer",
+    "TrainState",
+    "TrainStep",
     "aligned_mtl",
     "cagrad",
     "conflict_free",
@@ -132,6 +143,7 @@ __all__ = (
     "imtl_l",
     "linear_scalarization",
     "mgda",
+    "mgda_ub",
     "min_norm_solver",
     "multitask_loss",
     "multitask_objective",
@@ -143,6 +155,7 @@ __all__ = (
     "sample_examples",
     "sample_task_batch",
     "sample_tasks",
+    "shared_mask",
     "sluice_subspace_penalty",
     "smooth_step",
     "soft_sharing_penalty",
@@ -154,6 +167,7 @@ __all__ = (
     "task_gradients",
     "task_probabilities",
     "task_routing_masks",
+    "train_step",
     "uncertainty_weighting",
     "unstandardize",
     "upgrad",

@@ -1,11 +1,21 @@
 r"""Multi-task architectures: linen modules (params only) with one output per task.
 
-Every network here maps ``inputs [n, ...]`` (flattened to ``[n, d]``, as
-:class:`metalax.models.MLP`) to a **tuple of T arrays**, ``outputs[t]`` of shape
-``[n, num_outputs[t]]``, so tasks may have different output widths (10 logits
-next to 1 regression output). When the widths agree, ``jnp.stack(outputs)``
-is ``[T, n, out]``. The tuple is what :func:`metalax.mtl.multitask_loss` takes
-from a multi-output model; ``T = len(num_outputs)``.
+Every network here maps ``inputs [n, ...]`` to a **tuple of T arrays**,
+``outputs[t]`` of shape ``[n, num_outputs[t]]``, so tasks may have different
+output widths (10 logits next to 1 regression output). When the widths agree,
+``jnp.stack(outputs)`` is ``[T, n, out]``. The tuple is what
+:func:`metalax.mtl.multitask_loss` takes from a multi-output model; ``T =
+len(num_outputs)``.
+
+Every network takes a **trunk**: any linen module ``inputs [n, ...] ->
+features [n, ...]`` (an :class:`MLPTrunk`, a LeNet, Conv-4, a ResNet, a
+user's own), params only. It sees the raw inputs (images stay images) and its
+output is flattened to ``[n, d]``; without one, the inputs are flattened and
+fully connected layers of the given widths are used. Where the trunk sits:
+the shared bottom of :class:`HardParameterSharing`, :class:`TaskConditioned`
+and the shared encoder in front of :class:`CrossStitch`, :class:`TaskRouting`
+and :class:`MTAN`; the module every expert of :class:`MMoE` copies; the module
+every task's column of :class:`SoftParameterSharing` copies.
 
 * :class:`HardParameterSharing`: shared trunk + task-specific heads.
 * :class:`MMoE`: multi-gate mixture of experts (Ma et al., 2018); with
@@ -21,10 +31,18 @@ from a multi-output model; ``T = len(num_outputs)``.
   (Duong et al., 2015).
 * :class:`MTAN`: a shared network with task-specific soft attention masks on
   its features (Liu et al., 2019), transcribed to fully connected layers.
+* :class:`TaskConditioned`: one network for all tasks, conditioned on a
+  one-hot task descriptor by concatenation, an additive task bias, FiLM or
+  one head per task (:mod:`metalax.mtl.conditioning`), every task's output
+  computed in one pass.
 
 Which parameters are shared matters for gradient aggregation (aggregate the
 shared ones with e.g. PCGrad, sum the task-specific ones): every module's
-docstring names its shared and task-specific parameter subtrees. Networks of
+docstring names its shared and task-specific parameter subtrees, and
+:func:`shared_mask` returns the mask that :func:`metalax.mtl.train_step`
+takes. :class:`HardParameterSharing` and :class:`TaskConditioned` also have
+``encode`` (inputs -> the shared representation ``z``) and ``decode`` (``z``
+-> outputs) methods, for MGDA-UB (:func:`metalax.mtl.mgda_ub`). Networks of
 ``T`` parallel columns (experts, cross-stitch and soft-sharing columns, MTAN
 attention) keep them stacked, ``[T, ...]`` (``[E, ...]`` for experts), in one
 subtree, built with ``flax.linen.vmap``.
@@ -43,6 +61,7 @@ References:
   Liu, Johns & Davison, End-to-End Multi-Task Learning with Attention, CVPR 2019.
 """
 
+import re
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -51,6 +70,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from metalax.models.mlp import MLP
+from metalax.mtl.conditioning import AdditiveConditioning
+from metalax.mtl.conditioning import ConcatConditioning
+from metalax.mtl.conditioning import FiLM
+from metalax.mtl.conditioning import MultiHead
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -85,6 +108,59 @@ class _Layers(nn.Module):
     return x
 
 
+class MLPTrunk(nn.Module):
+  """A fully connected trunk: inputs flattened, then ``Dense -> activation`` per width.
+
+  Unlike :class:`metalax.models.MLP` it has no linear output layer: its
+  output is the last hidden layer's activations, ``[n, features[-1]]``.
+
+  Attributes:
+    features: hidden widths (``()``: the flattened inputs).
+    activation: applied after every layer.
+
+  Parameters: ``"Dense_0"``, ..., ``"Dense_{L-1}"``.
+
+  Example:
+    >>> trunk = MLPTrunk(features=(32, 16))
+    >>> params = trunk.init(jax.random.key(0), jnp.ones((1, 28, 28, 1)))["params"]
+    >>> trunk.apply({"params": params}, jnp.ones((4, 28, 28, 1))).shape
+    (4, 16)
+  """
+
+  features: Sequence[int] = (64, 64)
+  activation: Activation = nn.relu
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    """``inputs [n, ...]`` -> ``[n, features[-1]]``."""
+    x = _flatten(inputs)
+    for width in self.features:
+      x = self.activation(nn.Dense(width)(x))
+    return x
+
+
+def _trunk_features(trunk: nn.Module | None, default: Callable[[jax.Array], jax.Array],
+                    inputs: jax.Array) -> jax.Array:
+  """``trunk(inputs)`` flattened to ``[n, d]``, or ``default(flattened inputs)`` without a trunk.
+
+  ``default`` builds its module when called, so that it is never built next to a given trunk.
+  """
+  if trunk is None:
+    return default(_flatten(inputs))
+  features = trunk(inputs)
+  if not hasattr(features, "ndim") or features.ndim < 2 or features.shape[0] != inputs.shape[0]:
+    raise ValueError(f"the trunk must map inputs [n, ...] to features [n, ...] with n = {inputs.shape[0]}, "
+                     f"got {getattr(features, 'shape', type(features).__name__)}.")
+  return _flatten(features)
+
+
+def _copies(module: nn.Module, num_copies: int, inputs: jax.Array) -> jax.Array:
+  """``num_copies`` copies of a (child) ``module`` on the same ``inputs``: params stacked on axis 0."""
+  copies = nn.vmap(lambda m, x: m(x), variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=None, out_axes=0, axis_size=num_copies)
+  return copies(module, inputs)
+
+
 def _heads(features: jax.Array | Sequence[jax.Array], num_outputs: tuple[int, ...],
            hidden: Sequence[int], activation: Activation, prefix: str) -> tuple[jax.Array, ...]:
   """One :class:`MLP` per task on ``features[t]`` (or on shared ``features``)."""
@@ -109,17 +185,24 @@ def _stacked(module_class: type[nn.Module], num_columns: int, broadcast_inputs: 
 class HardParameterSharing(nn.Module):
   """A shared trunk and one head per task (Caruana, 1997).
 
-  ``outputs[t] = head_t(trunk(x))``; the trunk is ``Dense -> activation`` per
-  width of ``trunk_features``, each head an :class:`metalax.models.MLP` with
-  hidden widths ``head_features`` and ``num_outputs[t]`` outputs.
+  ``outputs[t] = head_t(trunk(x))``; the trunk is the given module, or
+  ``Dense -> activation`` per width of ``trunk_features`` on the flattened
+  inputs; each head is an :class:`metalax.models.MLP` with hidden widths
+  ``head_features`` and ``num_outputs[t]`` outputs.
 
   Attributes:
     num_outputs: output width of each task's head (``T = len(num_outputs)``).
-    trunk_features: hidden widths of the shared trunk.
+    trunk: the shared trunk, any linen module ``[n, ...] -> [n, ...]``; None
+      for the fully connected one.
+    trunk_features: hidden widths of the default trunk (unused with ``trunk``).
     head_features: hidden widths of each head (``()``: a linear head).
     activation: applied after every hidden layer.
 
   Parameters: shared ``"trunk"``; task-specific ``"head_0"``, ..., ``"head_{T-1}"``.
+
+  Methods ``encode`` (``inputs [n, ...] -> z [n, d]``, the trunk's output) and
+  ``decode`` (``z -> outputs``) split the network at the shared
+  representation: ``model.apply(variables, x, method="encode")``.
 
   Example:
     >>> model = HardParameterSharing(num_outputs=(10, 1), trunk_features=(32,))
@@ -129,16 +212,32 @@ class HardParameterSharing(nn.Module):
   """
 
   num_outputs: Sequence[int]
+  trunk: nn.Module | None = None
   trunk_features: Sequence[int] = (64, 64)
   head_features: Sequence[int] = ()
   activation: Activation = nn.relu
 
   @nn.compact
-  def __call__(self, inputs: jax.Array) -> tuple[jax.Array, ...]:
-    """``inputs [n, ...]`` -> ``T`` outputs ``[n, num_outputs[t]]``."""
+  def __call__(self, inputs: jax.Array, *, stage: str = "all") -> tuple[jax.Array, ...]:
+    """``inputs [n, ...]`` -> ``T`` outputs ``[n, num_outputs[t]]`` (``stage``: see ``encode``/``decode``)."""
     num_outputs = _check_num_outputs(self.num_outputs)
-    shared = _Layers(tuple(self.trunk_features), self.activation, name="trunk")(_flatten(inputs))
-    return _heads(shared, num_outputs, self.head_features, self.activation, "head")
+    if stage not in ("all", "encode", "decode"):
+      raise ValueError(f"stage must be all, encode or decode, got {stage!r}.")
+    z = inputs
+    if stage != "decode":
+      z = _trunk_features(self.trunk, lambda x: _Layers(tuple(self.trunk_features), self.activation,
+                                                        name="trunk")(x), inputs)
+      if stage == "encode":
+        return z
+    return _heads(z, num_outputs, self.head_features, self.activation, "head")
+
+  def encode(self, inputs: jax.Array) -> jax.Array:
+    """``inputs [n, ...]`` -> the shared representation ``z [n, d]``."""
+    return self(inputs, stage="encode")
+
+  def decode(self, z: jax.Array) -> tuple[jax.Array, ...]:
+    """The shared representation ``z [n, d]`` -> ``T`` outputs ``[n, num_outputs[t]]``."""
+    return self(z, stage="decode")
 
 
 # ---------------------------------------------------------------------------
@@ -184,8 +283,13 @@ class MMoE(nn.Module):
 
   Attributes:
     num_outputs: output width of each task's tower (``T = len(num_outputs)``).
+    experts: the module every expert is a copy of (any linen module ``[n,
+      ...] -> [n, ...]``, e.g. a conv net on images; its output is
+      flattened); None for ``Dense -> activation`` per width of
+      ``expert_features`` on the flattened inputs.
     num_experts: number of experts ``E``.
-    expert_features: hidden widths of each expert (its output is the last).
+    expert_features: hidden widths of each default expert (its output is the
+      last; unused with ``experts``).
     tower_features: hidden widths of each tower before its output layer.
     single_gate: one gate for all tasks (OMoE).
     expert_dropout: probability of dropping each gate weight in training.
@@ -210,6 +314,7 @@ class MMoE(nn.Module):
   """
 
   num_outputs: Sequence[int]
+  experts: nn.Module | None = None
   num_experts: int = 8
   expert_features: Sequence[int] = (16,)
   tower_features: Sequence[int] = (8,)
@@ -225,15 +330,19 @@ class MMoE(nn.Module):
     Returns: ``T`` outputs ``[n, num_outputs[t]]``.
     """
     num_outputs = _check_num_outputs(self.num_outputs)
-    if self.num_experts < 1 or not self.expert_features:
+    if self.num_experts < 1 or (self.experts is None and not self.expert_features):
       raise ValueError(f"MMoE needs num_experts >= 1 and at least one expert width, got "
                        f"num_experts={self.num_experts}, expert_features="
                        f"{self.expert_features!r}.")
     if not 0.0 <= self.expert_dropout < 1.0:
       raise ValueError(f"expert_dropout must be in [0, 1), got {self.expert_dropout}.")
     x = _flatten(inputs)
-    experts = _stacked(_Layers, self.num_experts, broadcast_inputs=True)(
-        tuple(self.expert_features), self.activation, name="experts")(x)  # [E, n, d]
+    if self.experts is None:
+      experts = _stacked(_Layers, self.num_experts, broadcast_inputs=True)(
+          tuple(self.expert_features), self.activation, name="experts")(x)  # [E, n, d]
+    else:
+      experts = _copies(self.experts, self.num_experts, inputs)
+      experts = experts.reshape(experts.shape[:2] + (-1,))  # [E, n, d]
     num_gates = 1 if self.single_gate else len(num_outputs)
     logits = jnp.stack([nn.Dense(self.num_experts, use_bias=self.gate_bias,
                                  name=f"gate_{g}")(x) for g in range(num_gates)])  # [G, n, E]
@@ -294,6 +403,9 @@ class CrossStitch(nn.Module):
 
   Attributes:
     num_outputs: output width of each task's head (``T = len(num_outputs)``).
+    trunk: a shared encoder in front of the task networks (any linen module
+      ``[n, ...] -> [n, ...]``, output flattened); None for the flattened
+      inputs.
     features: hidden widths of every task network.
     self_weight: initial diagonal of every ``alpha``.
     other_weight: initial off-diagonal; None for ``(1 - self_weight) / (T - 1)``.
@@ -301,7 +413,9 @@ class CrossStitch(nn.Module):
 
   Parameters: per-task ``"layer_l"`` (stacked, leaves ``[T, ...]``) and
   ``"head_t"``; shared ``"cross_stitch_l"`` (``[T, T]``, row ``t`` mixes into
-  task ``t``).
+  task ``t``) and ``"trunk"``. Through the cross-stitch units every task's
+  loss reaches every column, so :func:`shared_mask` counts the columns as
+  shared (only the heads are task-specific).
 
   Example:
     >>> model = CrossStitch(num_outputs=(3, 1), features=(16, 16))
@@ -315,6 +429,7 @@ class CrossStitch(nn.Module):
   """
 
   num_outputs: Sequence[int]
+  trunk: nn.Module | None = None
   features: Sequence[int] = (64, 64)
   self_weight: float = 0.9
   other_weight: float | None = None
@@ -325,7 +440,7 @@ class CrossStitch(nn.Module):
     """``inputs [n, ...]`` -> ``T`` outputs ``[n, num_outputs[t]]``."""
     num_outputs = _check_num_outputs(self.num_outputs)
     num_tasks = len(num_outputs)
-    x = _flatten(inputs)
+    x = _trunk_features(self.trunk, lambda x: x, inputs)
     h = jnp.broadcast_to(x, (num_tasks,) + x.shape)  # [T, n, d]
     for layer, width in enumerate(self.features):
       h = self.activation(_stacked(nn.Dense, num_tasks, broadcast_inputs=False)(
@@ -457,14 +572,16 @@ class TaskRouting(nn.Module):
 
   Attributes:
     num_outputs: output width of each task's head (``T = len(num_outputs)``).
+    trunk: a shared encoder in front of the routed layers (any linen module,
+      output flattened); None for the flattened inputs.
     features: hidden widths.
     sharing_ratio: fraction of each layer's units active per task (the
       paper's Figure 1 uses 0.5).
     seed: seed of the masks.
     activation: applied after every hidden layer.
 
-  Parameters: shared ``"Dense_l"``; task-specific ``"head_t"``. The masks are
-  not parameters.
+  Parameters: shared ``"Dense_l"`` and ``"trunk"``; task-specific
+  ``"head_t"``. The masks are not parameters.
 
   Example:
     >>> model = TaskRouting(num_outputs=(1, 1, 1), features=(16,), sharing_ratio=0.5)
@@ -477,6 +594,7 @@ class TaskRouting(nn.Module):
   """
 
   num_outputs: Sequence[int]
+  trunk: nn.Module | None = None
   features: Sequence[int] = (64, 64)
   sharing_ratio: float = 0.5
   seed: int = 0
@@ -487,7 +605,7 @@ class TaskRouting(nn.Module):
     """``inputs [n, ...]`` -> ``T`` outputs ``[n, num_outputs[t]]``."""
     num_outputs = _check_num_outputs(self.num_outputs)
     num_tasks = len(num_outputs)
-    h = _flatten(inputs)
+    h = _trunk_features(self.trunk, lambda x: x, inputs)
     for layer, width in enumerate(self.features):
       h = self.activation(nn.Dense(width, name=f"Dense_{layer}")(h))
       masks = jnp.asarray(task_routing_masks(num_tasks, width, self.sharing_ratio,
@@ -516,7 +634,11 @@ class SoftParameterSharing(nn.Module):
 
   Attributes:
     num_outputs: output width of each task's head (``T = len(num_outputs)``).
-    features: hidden widths of every task network.
+    columns: the module every task's network is a copy of (any linen module
+      ``[n, ...] -> [n, ...]``, output flattened); None for ``Dense ->
+      activation`` per width of ``features`` on the flattened inputs.
+    features: hidden widths of every default task network (unused with
+      ``columns``).
     activation: applied after every hidden layer.
 
   Parameters: task-specific ``"columns"`` (leaves ``[T, ...]``) and ``"head_t"``.
@@ -533,6 +655,7 @@ class SoftParameterSharing(nn.Module):
   """
 
   num_outputs: Sequence[int]
+  columns: nn.Module | None = None
   features: Sequence[int] = (64, 64)
   activation: Activation = nn.relu
 
@@ -540,8 +663,12 @@ class SoftParameterSharing(nn.Module):
   def __call__(self, inputs: jax.Array) -> tuple[jax.Array, ...]:
     """``inputs [n, ...]`` -> ``T`` outputs ``[n, num_outputs[t]]``."""
     num_outputs = _check_num_outputs(self.num_outputs)
-    h = _stacked(_Layers, len(num_outputs), broadcast_inputs=True)(
-        tuple(self.features), self.activation, name="columns")(_flatten(inputs))
+    if self.columns is None:
+      h = _stacked(_Layers, len(num_outputs), broadcast_inputs=True)(
+          tuple(self.features), self.activation, name="columns")(_flatten(inputs))
+    else:
+      h = _copies(self.columns, len(num_outputs), inputs)
+      h = h.reshape(h.shape[:2] + (-1,))  # [T, n, d]
     return _heads(list(h), num_outputs, (), self.activation, "head")
 
 
@@ -645,11 +772,13 @@ class MTAN(nn.Module):
 
   Attributes:
     num_outputs: output width of each task's head (``T = len(num_outputs)``).
+    trunk: a shared encoder in front of the attended layers (any linen
+      module, output flattened); None for the flattened inputs.
     features: hidden widths of the shared network (and of the attention).
     activation: ``phi``, after every hidden layer.
 
-  Parameters: shared ``"Dense_j"``; task-specific ``"attention"`` (stacked,
-  leaves ``[T, ...]``) and ``"head_t"``.
+  Parameters: shared ``"Dense_j"`` and ``"trunk"``; task-specific
+  ``"attention"`` (stacked, leaves ``[T, ...]``) and ``"head_t"``.
 
   Example:
     >>> model = MTAN(num_outputs=(3, 1), features=(16, 16))
@@ -662,6 +791,7 @@ class MTAN(nn.Module):
   """
 
   num_outputs: Sequence[int]
+  trunk: nn.Module | None = None
   features: Sequence[int] = (64, 64)
   activation: Activation = nn.relu
 
@@ -671,7 +801,7 @@ class MTAN(nn.Module):
     num_outputs = _check_num_outputs(self.num_outputs)
     if not self.features:
       raise ValueError("MTAN needs at least one hidden layer (features is empty).")
-    h = _flatten(inputs)
+    h = _trunk_features(self.trunk, lambda x: x, inputs)
     pre_activations, activations = [], []
     for layer, width in enumerate(self.features):
       u = nn.Dense(width, name=f"Dense_{layer}")(h)
@@ -681,3 +811,176 @@ class MTAN(nn.Module):
     attended = _stacked(_AttentionColumn, len(num_outputs), broadcast_inputs=True)(
         tuple(self.features), self.activation, name="attention")(pre_activations, activations)
     return _heads(list(attended), num_outputs, (), self.activation, "head")
+
+
+# ---------------------------------------------------------------------------
+# Task-conditioned networks.
+
+
+CONDITIONINGS = ("concat", "additive", "film", "multi_head")
+"""The ways :class:`TaskConditioned` injects the task descriptor."""
+
+
+class TaskConditioned(nn.Module):
+  r"""One network for every task, conditioned on the task: ``f(x, z_t)``, ``z_t`` one-hot.
+
+  A shared trunk computes ``h = trunk(x) [n, d]``; a conditioned decoder then
+  gives task ``t``'s output from ``h`` and the one-hot descriptor ``z_t``:
+
+  * ``"concat"``: ``Dense(act(W [h; z_t] + b))`` (:class:`~metalax.mtl.ConcatConditioning`);
+  * ``"additive"``: ``Dense(act(W_h h + W_z z_t + b))``, a task-dependent bias
+    (:class:`~metalax.mtl.AdditiveConditioning`; the same function class as concat);
+  * ``"film"``: ``Dense(act(gamma(z_t) * (W h + b) + beta(z_t)))``
+    (:class:`~metalax.mtl.FiLM`, Perez et al., 2018);
+  * ``"multi_head"``: one linear head per task on ``h``
+    (:class:`~metalax.mtl.MultiHead`), i.e. hard parameter sharing.
+
+  Every task's output is computed in one vectorised pass (``h`` tiled ``T``
+  times with the descriptors), so the module has the same interface as the
+  other architectures: ``inputs [n, ...]`` -> a tuple of ``T`` arrays ``[n,
+  num_outputs[t]]``. The decoder's output layer has ``max(num_outputs)``
+  units; task ``t`` reads its first ``num_outputs[t]``. For per-example task
+  indices (one task per row, :func:`metalax.mtl.multitask_loss` with
+  ``conditioned=True``) compose the layers of :mod:`metalax.mtl.conditioning`
+  directly.
+
+  Attributes:
+    num_outputs: output width of each task (``T = len(num_outputs)``).
+    conditioning: one of :data:`CONDITIONINGS`.
+    trunk: the shared trunk (any linen module, output flattened); None for
+      ``Dense -> activation`` per width of ``trunk_features``.
+    trunk_features: hidden widths of the default trunk.
+    features: width of the conditioned hidden layer (not used by
+      ``"multi_head"``).
+    activation: applied after every hidden layer.
+
+  Parameters (all shared except ``"heads"``): ``"trunk"``; ``"conditioned"``
+  (the conditioning layer) and ``"output"`` (concat, additive, film), plus
+  ``"dense"`` (film); ``"heads"`` (multi_head, ``[T, ...]``, task-specific).
+
+  ``encode`` (``inputs -> z [n, d]``, the trunk's output) and ``decode``
+  (``z -> outputs``) split the network at the shared representation.
+
+  Example:
+    >>> model = TaskConditioned(num_outputs=(10, 1), conditioning="film", trunk_features=(16,))
+    >>> params = model.init(jax.random.key(0), jnp.ones((1, 5)))["params"]
+    >>> [o.shape for o in model.apply({"params": params}, jnp.ones((3, 5)))]
+    [(3, 10), (3, 1)]
+
+  References:
+    Perez, Strub, de Vries, Dumoulin & Courville, FiLM: Visual Reasoning with
+    a General Conditioning Layer, AAAI 2018.
+    Dumoulin et al., Feature-wise transformations, Distill 2018.
+  """
+
+  num_outputs: Sequence[int]
+  conditioning: str = "film"
+  trunk: nn.Module | None = None
+  trunk_features: Sequence[int] = (64,)
+  features: int = 64
+  activation: Activation = nn.relu
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, *, stage: str = "all") -> tuple[jax.Array, ...]:
+    """``inputs [n, ...]`` -> ``T`` outputs ``[n, num_outputs[t]]`` (``stage``: see ``encode``/``decode``)."""
+    num_outputs = _check_num_outputs(self.num_outputs)
+    if self.conditioning not in CONDITIONINGS:
+      raise ValueError(f"conditioning must be one of {', '.join(CONDITIONINGS)}, got {self.conditioning!r}.")
+    if stage not in ("all", "encode", "decode"):
+      raise ValueError(f"stage must be all, encode or decode, got {stage!r}.")
+    h = inputs
+    if stage != "decode":
+      h = _trunk_features(self.trunk, lambda x: _Layers(tuple(self.trunk_features), self.activation,
+                                                        name="trunk")(x), inputs)
+      if stage == "encode":
+        return h
+    h = _flatten(h)
+    num_tasks, n, width = len(num_outputs), h.shape[0], max(num_outputs)
+    task_ids = jnp.repeat(jnp.arange(num_tasks, dtype=jnp.int32), n)  # [T n]: copy t of h is task t's
+    tiled = jnp.tile(h, (num_tasks, 1))
+    if self.conditioning == "multi_head":
+      outputs = MultiHead(num_tasks, width, name="heads")(tiled, task_ids)
+    else:
+      z = jax.nn.one_hot(task_ids, num_tasks, dtype=h.dtype)
+      if self.conditioning == "concat":
+        hidden = ConcatConditioning(self.features, name="conditioned")(tiled, z)
+      elif self.conditioning == "additive":
+        hidden = AdditiveConditioning(self.features, name="conditioned")(tiled, z)
+      else:
+        hidden = FiLM(name="conditioned")(nn.Dense(self.features, name="dense")(tiled), z)
+      outputs = nn.Dense(width, name="output")(self.activation(hidden))
+    outputs = outputs.reshape(num_tasks, n, width)
+    return tuple(outputs[t, :, :w] for t, w in enumerate(num_outputs))
+
+  def encode(self, inputs: jax.Array) -> jax.Array:
+    """``inputs [n, ...]`` -> the shared representation ``z [n, d]``."""
+    return self(inputs, stage="encode")
+
+  def decode(self, z: jax.Array) -> tuple[jax.Array, ...]:
+    """The shared representation ``z [n, d]`` -> ``T`` outputs ``[n, num_outputs[t]]``."""
+    return self(z, stage="decode")
+
+
+# ---------------------------------------------------------------------------
+# Shared and task-specific parameters.
+
+
+_TASK_SPECIFIC = re.compile(r"^(head|tower)_\d+$|^(attention|columns|heads)$")
+_DESCRIPTOR_KERNELS = (("task", "kernel"), ("scale", "kernel"), ("shift", "kernel"))
+
+
+def shared_mask(params: Any) -> Any:
+  """Which parameters of an architecture here several tasks' losses reach: the mask ``train_step`` takes.
+
+  ``True`` for a shared parameter, ``False`` for a task-specific one, decided
+  by the top-level name: task-specific are the heads and towers
+  (``"head_t"``, ``"tower_t"``), MMoE's gates when there is one per task
+  (``"gate_t"`` with more than one gate; OMoE's single ``"gate_0"`` is
+  shared), the last cross-stitch unit (its row ``t`` feeds task ``t``'s head
+  only), MTAN's ``"attention"``, the ``"columns"`` of soft parameter
+  sharing (tied only by the penalty), the ``"heads"`` of
+  :class:`TaskConditioned` and the kernels its one-hot descriptor multiplies
+  (additive conditioning's ``"task"``, FiLM's ``"scale"`` and ``"shift"``:
+  task ``t`` reaches row ``t`` only); everything else (trunks, experts,
+  cross-stitch columns and units, routed and attended layers, the
+  concatenation kernel, whose input rows all tasks reach) is shared. (Tested:
+  a parameter is marked shared exactly when two tasks' gradients are non-zero
+  at one of its entries.)
+
+  Args:
+    params: the ``"params"`` collection of one of this module's architectures
+      (a dict by top-level name).
+
+  Returns:
+    A pytree of bools with the structure of ``params``.
+
+  Raises:
+    ValueError: if ``params`` is not a dict of subtrees.
+
+  Example:
+    >>> model = HardParameterSharing(num_outputs=(2, 2), trunk_features=(4,))
+    >>> params = model.init(jax.random.key(0), jnp.ones((1, 3)))["params"]
+    >>> mask = shared_mask(params)
+    >>> mask["trunk"]["Dense_0"]["kernel"], mask["head_0"]["head"]["kernel"]
+    (True, False)
+  """
+  if not hasattr(params, "items"):
+    raise ValueError(f"params must be a dict of parameter subtrees by name, got {type(params).__name__}.")
+  num_gates = sum(1 for name in params if re.fullmatch(r"gate_\d+", name))
+  units = [int(name.split("_")[-1]) for name in params if re.fullmatch(r"cross_stitch_\d+", name)]
+
+  def shared(name):
+    if re.fullmatch(r"gate_\d+", name):
+      return num_gates == 1
+    if units and name == f"cross_stitch_{max(units)}":
+      return False  # the last unit's row t feeds task t's head only
+    return not _TASK_SPECIFIC.match(name)
+
+  def leaf_shared(path, _):
+    keys = tuple(getattr(k, "key", k) for k in path)
+    if keys[:1] == ("conditioned",) and keys[1:] in _DESCRIPTOR_KERNELS:
+      return False  # the rows a one-hot descriptor picks: task t's row only
+    return flags[keys[0]]
+
+  flags = {name: shared(name) for name in params}
+  return jax.tree_util.tree_map_with_path(leaf_shared, dict(params))

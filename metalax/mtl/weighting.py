@@ -1,22 +1,40 @@
 """Loss weightings for multi-task learning: task losses ``[T]`` -> one scalar loss.
 
-A loss weighting is a :class:`LossWeighting`, a NamedTuple of two pure functions,
+A loss weighting is a :class:`LossWeighting`, a NamedTuple of pure functions,
 built by a constructor that closes over the hyperparameters (the optax way):
 
 * ``init(num_tasks) -> (weighting_params, state)``. ``weighting_params`` is a
   pytree trained by the outer optimizer together with the model (empty ``{}``
   for weightings that learn nothing); ``state`` is carried by the caller from
   one call to the next, like an optax optimizer state.
-* ``loss(weighting_params, task_losses [T], state) -> (total_loss, (weights [T],
-  new_state))``. ``total_loss`` is the scalar to differentiate, ``weights`` are
-  the task weights it used (for logging), ``new_state`` replaces ``state``.
+* ``loss(weighting_params, task_losses [T], state, **extra_args) -> (total_loss,
+  (weights [T], new_state))``. ``total_loss`` is the scalar to differentiate,
+  ``weights`` are the task weights it used (for logging), ``new_state``
+  replaces ``state``. Every weighting accepts and ignores extra keyword
+  arguments it does not use (as optax's ``update(..., **extra_args)``).
+* ``project(weighting_params) -> weighting_params`` (or None): applied to the
+  weighting parameters after every optimizer step (GradNorm rescales its
+  weights to sum to ``T``).
+* ``requires``: the names of the extra arguments ``loss`` needs, which the
+  training step computes only for the weightings that ask:
+
+  - ``"task_gradient_norms"``: ``[T]`` norms of the per-task gradients with
+    respect to a chosen set of shared parameters (:func:`gradnorm`);
+  - ``"representation_gradients"``: ``[T, n, ...]`` per-task gradients with
+    respect to the shared representation ``z`` (:func:`mgda_ub`).
+
+  :func:`metalax.mtl.train_step` provides both (see its ``gradient_norm_params``
+  and ``representation`` arguments).
 
 The signature puts learnable weightings (uncertainty weighting, whose
-log-variances are trained by gradient descent) on the same footing as fixed
-ones: the caller differentiates ``total_loss`` with respect to
-``{"model": params, "weighting": weighting_params}`` in one ``jax.grad`` and
-hands the whole gradient to one optax optimizer. For weightings that learn
-nothing ``weighting_params`` is ``{}`` and gets an empty gradient.
+log-variances are trained by gradient descent; GradNorm, whose weights are
+trained by its balance loss) on the same footing as fixed ones: the caller
+differentiates ``total_loss`` with respect to ``{"model": params,
+"weighting": weighting_params}`` in one ``jax.grad`` and hands the whole
+gradient to one optax optimizer. For weightings that learn nothing
+``weighting_params`` is ``{}`` and gets an empty gradient. Every weighting's
+``total_loss`` has ``d total / d L_i = weights[i]``: the model gradient is
+``sum_i weights[i] grad L_i``.
 
 Example::
 
@@ -32,8 +50,8 @@ Example::
   (loss, (weights, weighting_state)), grads = jax.value_and_grad(
       objective, has_aux=True)(params, batch, weighting_state)
 
-GradNorm needs the norms of per-task gradients, so it adds two functions to
-the pair; see :func:`gradnorm`.
+:func:`metalax.mtl.train_step` does this (and the extra arguments, the
+projection, aggregators and task scheduling) in one jittable step.
 
 Weights of the non-learnable weightings are constants for the gradient
 (``jax.lax.stop_gradient``): only the task losses carry gradient to the model.
@@ -46,12 +64,16 @@ References:
   Litmus Test for Multi-Task Learning, TMLR 2022 (arXiv:2111.10603, 2021).
   Chen, Badrinarayanan, Lee & Rabinovich, GradNorm: Gradient Normalization for
   Adaptive Loss Balancing in Deep Multitask Networks, ICML 2018.
+  Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization,
+  NeurIPS 2018 (MGDA-UB).
 """
 
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from metalax.mtl.aggregation.min_norm import min_norm_solver
 
 WeightingParams = Any
 """A pytree of arrays trained by the outer optimizer (``{}`` when none)."""
@@ -65,13 +87,18 @@ class LossWeighting(NamedTuple):
 
   Attributes:
     init: ``init(num_tasks) -> (weighting_params, state)``.
-    loss: ``loss(weighting_params, task_losses [T], state) -> (total_loss [],
-      (weights [T], new_state))``.
+    loss: ``loss(weighting_params, task_losses [T], state, **extra_args) ->
+      (total_loss [], (weights [T], new_state))``.
+    project: ``project(weighting_params) -> weighting_params``, applied after
+      every optimizer step; None for none.
+    requires: names of the extra arguments ``loss`` needs (see the module
+      docstring); ``()`` for none.
   """
 
   init: Callable[[int], tuple[WeightingParams, WeightingState]]
-  loss: Callable[[WeightingParams, jax.Array, WeightingState],
-                 tuple[jax.Array, tuple[jax.Array, WeightingState]]]
+  loss: Callable[..., tuple[jax.Array, tuple[jax.Array, WeightingState]]]
+  project: Callable[[WeightingParams], WeightingParams] | None = None
+  requires: tuple[str, ...] = ()
 
 
 def _check_task_losses(task_losses: jax.Array, num_tasks: int | None = None) -> None:
@@ -129,8 +156,8 @@ def static_weighting(weights: Sequence[float] | jax.Array) -> LossWeighting:
                        f"num_tasks={n}.")
     return {}, ()
 
-  def loss_fn(params, task_losses, state):
-    del params
+  def loss_fn(params, task_losses, state, **extra_args):
+    del params, extra_args
     _check_task_losses(task_losses, num_tasks)
     w = weights.astype(task_losses.dtype)
     return _weighted_sum(w, task_losses), (w, state)
@@ -156,8 +183,8 @@ def equal_weighting() -> LossWeighting:
     _check_num_tasks(num_tasks)
     return {}, ()
 
-  def loss_fn(params, task_losses, state):
-    del params
+  def loss_fn(params, task_losses, state, **extra_args):
+    del params, extra_args
     _check_task_losses(task_losses)
     weights = jnp.ones_like(task_losses)
     return _weighted_sum(weights, task_losses), (weights, state)
@@ -236,7 +263,8 @@ def uncertainty_weighting(
                        f"but init got num_tasks={num_tasks}.")
     return {"log_variances": jnp.full((num_tasks,), init_log_variance, jnp.float32)}, ()
 
-  def loss_fn(params, task_losses, state):
+  def loss_fn(params, task_losses, state, **extra_args):
+    del extra_args
     log_variances = params["log_variances"]
     _check_task_losses(task_losses, log_variances.shape[0])
     scale = jnp.full_like(task_losses, 0.5) if factors is None else factors.astype(
@@ -327,8 +355,8 @@ def dynamic_weight_average(
     zero = jnp.zeros((), jnp.int32)
     return {}, DynamicWeightAverageState(zero, zeros, zeros, zeros, zero)
 
-  def loss_fn(params, task_losses, state):
-    del params
+  def loss_fn(params, task_losses, state, **extra_args):
+    del params, extra_args
     _check_task_losses(task_losses, state.epoch_loss_sum.shape[0])
     num_tasks = task_losses.shape[0]
     ratios = state.last_epoch_losses / jnp.where(
@@ -397,8 +425,8 @@ def random_loss_weighting(key: jax.Array) -> LossWeighting:
     _check_num_tasks(num_tasks)
     return {}, RandomLossWeightingState(key)
 
-  def loss_fn(params, task_losses, state):
-    del params
+  def loss_fn(params, task_losses, state, **extra_args):
+    del params, extra_args
     _check_task_losses(task_losses)
     next_key, sample_key = jax.random.split(state.key)
     logits = jax.random.normal(sample_key, task_losses.shape, task_losses.dtype)
@@ -424,28 +452,7 @@ class GradNormState(NamedTuple):
   step: jax.Array
 
 
-class GradNorm(NamedTuple):
-  """Pure functions of GradNorm: a :class:`LossWeighting` plus two functions.
-
-  Attributes:
-    init: ``init(num_tasks) -> ({"weights": ones [T]}, GradNormState)``.
-    loss: ``loss(weighting_params, task_losses [T], state) -> (total_loss,
-      (weights [T], new_state))``; ``total_loss = sum_i stop_gradient(w_i) L_i``
-      trains the model, not the weights.
-    balance_loss: ``balance_loss(weighting_params, grad_norms [T], task_losses [T],
-      state) -> []``, the GradNorm loss ``L_grad`` on the weights.
-    renormalize: ``renormalize(weighting_params) -> weighting_params`` with the
-      weights rescaled to sum to ``T``; apply it after every optimizer step.
-  """
-
-  init: Callable[[int], tuple[WeightingParams, GradNormState]]
-  loss: Callable[[WeightingParams, jax.Array, GradNormState],
-                 tuple[jax.Array, tuple[jax.Array, GradNormState]]]
-  balance_loss: Callable[[WeightingParams, jax.Array, jax.Array, GradNormState], jax.Array]
-  renormalize: Callable[[WeightingParams], WeightingParams]
-
-
-def gradnorm(alpha: float = 1.5) -> GradNorm:
+def gradnorm(alpha: float = 1.5) -> LossWeighting:
   r"""GradNorm (Chen et al., 2018): learn weights that balance gradient norms.
 
   The weights ``w = weighting_params["weights"]`` (``[T]``, initialised to 1)
@@ -457,43 +464,44 @@ def gradnorm(alpha: float = 1.5) -> GradNorm:
     \quad r_i = \frac{\tilde L_i}{\tfrac1T\sum_j \tilde L_j},
     \quad \tilde L_i = L_i(t) / L_i(0),
 
-  where ``W`` are the parameters of the last shared layer and ``sg`` stops the
-  gradient (the target is a constant, paper Sec. 3.2). The model is trained by
-  ``sum_i w_i L_i`` with ``w`` held constant, and after every optimizer step the
-  weights are renormalised to sum to ``T``.
+  where ``W`` are the shared parameters whose gradients are balanced (the
+  paper: the last shared layer; LibMTL: all shared parameters) and ``sg``
+  stops the gradient (the target is a constant, paper Sec. 3.2). The model is
+  trained by ``sum_i w_i L_i`` with ``w`` held constant, and after every
+  optimizer step the weights are renormalised to sum to ``T`` (``project``).
 
-  ``balance_loss`` takes ``grad_norms[i] = ||grad_W L_i||``, the norms of the
+  ``loss`` returns ``total_loss = sum_i sg(w_i) L_i + L_grad``: the first term
+  does not depend on ``w`` and the second not on the model, so one
+  ``jax.grad`` of ``total_loss`` trains both. It needs the extra argument
+  ``task_gradient_norms [T]``, ``||grad_W L_i||``, the norms of the
   *unweighted* per-task gradients; since ``w_i > 0``, ``||grad_W (w_i L_i)|| =
-  w_i * grad_norms[i]`` exactly, so the norms need no gradient and are treated
-  as constants. Compute them in one vectorised pass with
-  :func:`metalax.mtl.task_gradients` and :func:`metalax.mtl.task_gradient_norms`
-  on the last shared layer. ``L_i(0)`` are the task losses of the first
-  ``loss`` call (``balance_loss`` uses the current losses while ``state`` has
-  not seen one, so ``r_i = 1``).
-
-  Because ``loss`` does not depend on ``w`` and ``balance_loss`` does not depend
-  on the model, one ``jax.grad`` of their sum trains both::
-
-    def objective(params, batch, state):
-      task_losses, grads_last = metalax.mtl.task_gradients(
-          lambda last: task_losses_fn(params["model"], last, batch),
-          params["model"]["last_shared"])
-      grad_norms = metalax.mtl.task_gradient_norms(grads_last)
-      total, (weights, new_state) = weighting.loss(params["weighting"], task_losses, state)
-      balance = weighting.balance_loss(params["weighting"], grad_norms, task_losses, state)
-      return total + balance, (weights, new_state)
-
-    ...
-    params = optax.apply_updates(params, updates)
-    params["weighting"] = weighting.renormalize(params["weighting"])
+  w_i * task_gradient_norms[i]`` exactly, so the norms are constants.
+  :func:`metalax.mtl.train_step` computes them (one vectorised pass of ``T``
+  backward passes, :func:`metalax.mtl.task_gradients`) on the parameters its
+  ``gradient_norm_params`` selects. ``L_i(0)`` are the task losses of the
+  first ``loss`` call (at that call ``r_i = 1``).
 
   Args:
     alpha: the asymmetry ("restoring force") hyperparameter: larger values
       pull the tasks' training rates together more strongly. 1.5 is LibMTL's
-      default (the SamsungLabs MTL code defaults to 2).
+      default (the SamsungLabs MTL code defaults to 2; the paper uses 0.12 on
+      its toy problem).
 
   Returns:
-    A :class:`GradNorm`.
+    A :class:`LossWeighting` with ``weighting_params = {"weights": [T]}``, a
+    :class:`GradNormState`, ``project`` the renormalisation and ``requires =
+    ("task_gradient_norms",)``.
+
+  Raises:
+    ValueError: (at ``loss``) when ``task_gradient_norms`` is missing or not
+      ``[T]``.
+
+  Example::
+
+    weighting = metalax.mtl.gradnorm(alpha=0.12)
+    params, state = weighting.init(2)
+    total, (weights, state) = weighting.loss(
+        params, task_losses, state, task_gradient_norms=jnp.array([0.5, 2.0]))
 
   References:
     Chen, Badrinarayanan, Lee & Rabinovich, GradNorm: Gradient Normalization
@@ -509,28 +517,105 @@ def gradnorm(alpha: float = 1.5) -> GradNorm:
     losses = jax.lax.stop_gradient(task_losses).astype(state.initial_losses.dtype)
     return jnp.where(state.step == 0, losses, state.initial_losses)
 
-  def loss_fn(params, task_losses, state):
-    weights = jax.lax.stop_gradient(params["weights"])
-    _check_task_losses(task_losses, weights.shape[0])
-    weights = weights.astype(task_losses.dtype)
-    new_state = GradNormState(initial_losses(task_losses, state), state.step + 1)
-    return _weighted_sum(weights, task_losses), (weights, new_state)
-
-  def balance_loss_fn(params, grad_norms, task_losses, state):
-    weights = params["weights"]
-    _check_task_losses(task_losses, weights.shape[0])
-    if grad_norms.shape != task_losses.shape:
-      raise ValueError(f"grad_norms must have shape {tuple(task_losses.shape)} (one norm "
-                       f"per task), got {tuple(grad_norms.shape)}.")
-    norms = weights * jax.lax.stop_gradient(grad_norms)
+  def balance_loss(params, grad_norms, task_losses, state):
+    norms = params["weights"] * jax.lax.stop_gradient(grad_norms)
     losses = jax.lax.stop_gradient(task_losses)
     inverse_rates = losses / initial_losses(losses, state)
     relative_rates = inverse_rates / jnp.mean(inverse_rates)
     target = jax.lax.stop_gradient(jnp.mean(norms) * relative_rates**alpha)
     return jnp.sum(jnp.abs(norms - target))
 
-  def renormalize_fn(params):
+  def loss_fn(params, task_losses, state, *, task_gradient_norms=None, **extra_args):
+    del extra_args
+    weights = jax.lax.stop_gradient(params["weights"])
+    _check_task_losses(task_losses, weights.shape[0])
+    if task_gradient_norms is None:
+      raise ValueError("gradnorm needs loss(..., task_gradient_norms=[T]), the norms of the per-task gradients "
+                       "at the balanced shared parameters; metalax.mtl.train_step provides them.")
+    if jnp.shape(task_gradient_norms) != task_losses.shape:
+      raise ValueError(f"task_gradient_norms must have shape {tuple(task_losses.shape)} (one norm per task), "
+                       f"got {tuple(jnp.shape(task_gradient_norms))}.")
+    weights = weights.astype(task_losses.dtype)
+    total = _weighted_sum(weights, task_losses) + balance_loss(params, task_gradient_norms, task_losses, state)
+    new_state = GradNormState(initial_losses(task_losses, state), state.step + 1)
+    return total, (weights, new_state)
+
+  def project_fn(params):
     weights = params["weights"]
     return {**params, "weights": weights * (weights.shape[0] / jnp.sum(weights))}
 
-  return GradNorm(init_fn, loss_fn, balance_loss_fn, renormalize_fn)
+  return LossWeighting(init_fn, loss_fn, project_fn, ("task_gradient_norms",))
+
+
+# ---------------------------------------------------------------------------
+# MGDA-UB.
+
+
+MGDA_UB_NORMALIZATIONS = ("none", "l2", "loss", "loss+")
+
+
+def mgda_ub(normalization: str = "loss+") -> LossWeighting:
+  r"""MGDA-UB (Sener & Koltun, 2018): MGDA on the gradients at the shared representation.
+
+  The weights are the minimum-norm point of the convex hull of the per-task
+  gradients with respect to the shared representation ``z = encode(params,
+  inputs)`` (an upper bound of the MGDA problem on the shared parameters, and
+  one backward pass through the decoders per task instead of through the whole
+  network):
+
+  .. math::
+    w = \arg\min_{w \in \Delta_T} \Bigl\| \sum_i w_i\, \frac{\nabla_z L_i}{s_i} \Bigr\|^2,
+    \qquad \text{total} = \sum_i \mathrm{sg}(w_i)\, L_i ,
+
+  solved by :func:`metalax.mtl.min_norm_solver` (their ``MinNormSolver``),
+  with the gradients normalised by ``s_i`` as their ``gradient_normalizers``:
+  ``"none"`` (1), ``"l2"`` (``||grad_z L_i||``), ``"loss"`` (``L_i``) or
+  ``"loss+"`` (``L_i ||grad_z L_i||``, the default of their MultiMNIST
+  configuration).
+
+  ``loss`` needs the extra argument ``representation_gradients [T, ...]``
+  (``grad_z L_i``, e.g. ``[T, n, d]``), which :func:`metalax.mtl.train_step`
+  computes when given ``representation=(encode_fn, decode_losses_fn)``.
+
+  Args:
+    normalization: one of ``"none"``, ``"l2"``, ``"loss"``, ``"loss+"``.
+
+  Returns:
+    A :class:`LossWeighting` with no parameters and no state and ``requires =
+    ("representation_gradients",)``.
+
+  Raises:
+    ValueError: on an unknown normalization, or (at ``loss``) a missing or
+      mis-shaped ``representation_gradients``.
+
+  References:
+    Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization,
+    NeurIPS 2018 (Sec. 3.3; code: github.com/isl-org/MultiObjectiveOptimization).
+  """
+  if normalization not in MGDA_UB_NORMALIZATIONS:
+    raise ValueError(f"normalization must be one of {', '.join(MGDA_UB_NORMALIZATIONS)}, got {normalization!r}.")
+
+  def init_fn(num_tasks):
+    _check_num_tasks(num_tasks)
+    return {}, ()
+
+  def loss_fn(params, task_losses, state, *, representation_gradients=None, **extra_args):
+    del params, extra_args
+    _check_task_losses(task_losses)
+    num_tasks = task_losses.shape[0]
+    if representation_gradients is None:
+      raise ValueError("mgda_ub needs loss(..., representation_gradients=[T, ...]), the per-task gradients with "
+                       "respect to the shared representation; metalax.mtl.train_step provides them when given "
+                       "representation=(encode_fn, decode_losses_fn).")
+    if jnp.ndim(representation_gradients) < 1 or jnp.shape(representation_gradients)[0] != num_tasks:
+      raise ValueError(f"representation_gradients must have shape [{num_tasks}, ...] (one gradient per task), "
+                       f"got {tuple(jnp.shape(representation_gradients))}.")
+    flat = jax.lax.stop_gradient(representation_gradients).reshape(num_tasks, -1)
+    losses = jax.lax.stop_gradient(task_losses)
+    norms = jnp.linalg.norm(flat, axis=1)
+    scale = {"none": jnp.ones_like(losses), "l2": norms, "loss": losses, "loss+": losses * norms}[normalization]
+    weights = jax.lax.stop_gradient(min_norm_solver(flat / jnp.where(scale > 0, scale, 1.0)[:, None]))
+    weights = weights.astype(task_losses.dtype)
+    return _weighted_sum(weights, task_losses), (weights, state)
+
+  return LossWeighting(init_fn, loss_fn, None, ("representation_gradients",))

@@ -2,6 +2,7 @@
 
 import itertools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,17 +15,22 @@ KEY = jax.random.key(0)
 X = jax.random.normal(jax.random.key(1), (4, 2, 3))  # flattened to [4, 6]
 NUM_OUTPUTS = (3, 1)
 
+# tanh rather than ReLU: no unit is dead on the few test inputs, so every parameter a task can reach gets a non-zero
+# gradient from it (the shared_mask check below relies on that).
 MODELS = {
-    "hard": architectures.HardParameterSharing(NUM_OUTPUTS, trunk_features=(8,),
-                                               head_features=(4,)),
-    "mmoe": architectures.MMoE(NUM_OUTPUTS, num_experts=3, expert_features=(8,),
-                               tower_features=(4,)),
-    "omoe": architectures.MMoE(NUM_OUTPUTS, num_experts=3, expert_features=(8,),
-                               single_gate=True),
-    "cross_stitch": architectures.CrossStitch(NUM_OUTPUTS, features=(8, 8)),
-    "task_routing": architectures.TaskRouting(NUM_OUTPUTS, features=(8, 8)),
-    "soft": architectures.SoftParameterSharing(NUM_OUTPUTS, features=(8, 8)),
-    "mtan": architectures.MTAN(NUM_OUTPUTS, features=(8, 8)),
+    "hard": architectures.HardParameterSharing(NUM_OUTPUTS, trunk_features=(8,), head_features=(4,),
+                                               activation=jnp.tanh),
+    "mmoe": architectures.MMoE(NUM_OUTPUTS, num_experts=3, expert_features=(8,), tower_features=(4,),
+                               activation=jnp.tanh),
+    "omoe": architectures.MMoE(NUM_OUTPUTS, num_experts=3, expert_features=(8,), single_gate=True,
+                               activation=jnp.tanh),
+    "cross_stitch": architectures.CrossStitch(NUM_OUTPUTS, features=(8, 8), activation=jnp.tanh),
+    "task_routing": architectures.TaskRouting(NUM_OUTPUTS, features=(8, 8), activation=jnp.tanh),
+    "soft": architectures.SoftParameterSharing(NUM_OUTPUTS, features=(8, 8), activation=jnp.tanh),
+    "mtan": architectures.MTAN(NUM_OUTPUTS, features=(8, 8), activation=jnp.tanh),
+    **{f"conditioned_{c}": architectures.TaskConditioned(NUM_OUTPUTS, conditioning=c, trunk_features=(8,), features=6,
+                                                         activation=jnp.tanh)
+       for c in architectures.CONDITIONINGS},
 }
 
 
@@ -53,11 +59,17 @@ def test_shapes_jit_and_gradients_reach_every_parameter(name):
   assert [o.shape for o in outputs] == [(4, 3), (4, 1)]
   for a, b in zip(jax.jit(apply)(params), outputs):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  # Every parameter leaf gets a gradient from the sum of the task losses.
-  grads = jax.jit(jax.grad(lambda p: sum(jnp.sum(jnp.sin(o)) for o in apply(p))))(params)
-  flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+  # Per-task gradients: every parameter leaf gets one from some task, and shared_mask marks a leaf shared exactly
+  # when two tasks' gradients are non-zero at the same entry (stacked per-task leaves, [T, ...] columns, attention
+  # or heads, are reached by every task, but each in its own row).
+  per_task = jax.jit(jax.jacrev(lambda p: jnp.stack([jnp.sum(jnp.sin(o)) for o in apply(p)])))(params)
+  flat = jax.tree_util.tree_flatten_with_path(per_task)[0]
   dead = [jax.tree_util.keystr(path) for path, g in flat if not float(jnp.max(jnp.abs(g))) > 0]
   assert not dead, f"no gradient reaches {dead}"
+  mask = architectures.shared_mask(params)
+  for (path, grads), flag in zip(flat, jax.tree.leaves(mask)):
+    reached = np.abs(np.asarray(grads)) > 0  # [T, *shape]
+    assert flag == bool(np.any(reached.sum(0) > 1)), (jax.tree_util.keystr(path), flag)
 
 
 @pytest.mark.parametrize("name", ["hard", "mmoe", "cross_stitch", "soft", "mtan"])
@@ -255,3 +267,95 @@ def test_architectures_reject_bad_num_outputs():
     architectures.HardParameterSharing(num_outputs=3).init(KEY, X)
   with pytest.raises(ValueError, match="expert_dropout"):
     architectures.MMoE(NUM_OUTPUTS, expert_dropout=1.0).init(KEY, X)
+
+
+class TinyConv(nn.Module):
+  """A user's own trunk on images ``[n, h, w, c]``: conv, ReLU, average pool (no flattening)."""
+
+  @nn.compact
+  def __call__(self, x):
+    return jnp.mean(nn.relu(nn.Conv(5, (3, 3))(x)), axis=(1, 2), keepdims=True)  # [n, 1, 1, 5]
+
+
+IMAGES = jax.random.normal(jax.random.key(3), (4, 6, 6, 1))
+WITH_TRUNK = {
+    "hard": architectures.HardParameterSharing(NUM_OUTPUTS, trunk=TinyConv()),
+    "mmoe": architectures.MMoE(NUM_OUTPUTS, experts=TinyConv(), num_experts=2, tower_features=(4,)),
+    "cross_stitch": architectures.CrossStitch(NUM_OUTPUTS, trunk=TinyConv(), features=(4,)),
+    "task_routing": architectures.TaskRouting(NUM_OUTPUTS, trunk=TinyConv(), features=(4,)),
+    "soft": architectures.SoftParameterSharing(NUM_OUTPUTS, columns=TinyConv()),
+    "mtan": architectures.MTAN(NUM_OUTPUTS, trunk=TinyConv(), features=(4,)),
+    "conditioned": architectures.TaskConditioned(NUM_OUTPUTS, trunk=TinyConv(), features=4),
+}
+
+
+def test_any_module_as_trunk_expert_or_column():
+  for name, model in WITH_TRUNK.items():
+    params = _random_params(model, 4, IMAGES)
+    where = {"mmoe": "experts", "soft": "columns"}.get(name, "trunk")
+    kernel = params[where]["Conv_0"]["kernel"]
+    copies = {"mmoe": 2, "soft": 2}.get(name)
+    assert kernel.shape == ((copies,) if copies else ()) + (3, 3, 1, 5), name  # experts / columns stacked
+    outputs = jax.jit(lambda p, model=model: model.apply({"params": p}, IMAGES))(params)
+    assert [o.shape for o in outputs] == [(4, 3), (4, 1)], name
+  # The trunk sees the images unflattened: the hard-sharing representation is the conv's pooled channels.
+  model = WITH_TRUNK["hard"]
+  params = _random_params(model, 4, IMAGES)
+  z = model.apply({"params": params}, IMAGES, method="encode")
+  np.testing.assert_allclose(z, TinyConv().apply({"params": params["trunk"]}, IMAGES).reshape(4, 5), rtol=1e-6)
+
+
+def test_default_trunks_equal_mlp_trunks():
+  default = architectures.HardParameterSharing(NUM_OUTPUTS, trunk_features=(8, 5))
+  given = architectures.HardParameterSharing(NUM_OUTPUTS, trunk=architectures.MLPTrunk((8, 5)))
+  params = _init(default)
+  assert jax.tree.structure(params) == jax.tree.structure(_init(given))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(_init(given))):
+    np.testing.assert_array_equal(a, b)  # the same names, so the same initialisation
+  pairs = [(architectures.MMoE(NUM_OUTPUTS, num_experts=3, expert_features=(8,)),
+            architectures.MMoE(NUM_OUTPUTS, num_experts=3, experts=architectures.MLPTrunk((8,)))),
+           (architectures.SoftParameterSharing(NUM_OUTPUTS, features=(8, 5)),
+            architectures.SoftParameterSharing(NUM_OUTPUTS, columns=architectures.MLPTrunk((8, 5))))]
+  for default, given in [(default, given)] + pairs:
+    params = _random_params(default, 5)
+    for a, b in zip(default.apply({"params": params}, X), given.apply({"params": params}, X)):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["hard", "conditioned_film", "conditioned_multi_head"])
+def test_encode_then_decode_is_the_network(name):
+  model = MODELS[name]
+  params = _random_params(model, 6)
+  z = model.apply({"params": params}, X, method="encode")
+  assert z.shape == (4, 8)
+  for a, b in zip(model.apply({"params": params}, z, method="decode"), model.apply({"params": params}, X)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_task_conditioned_closed_forms():
+  activation = np.tanh  # that of MODELS
+  onehot = np.eye(2)
+  for conditioning in architectures.CONDITIONINGS:
+    model = MODELS[f"conditioned_{conditioning}"]
+    params = jax.tree.map(np.asarray, _random_params(model, 7))
+    trunk = params["trunk"]["Dense_0"]
+    h = activation(np.asarray(X).reshape(4, -1) @ trunk["kernel"] + trunk["bias"])
+    outputs = model.apply({"params": jax.tree.map(jnp.asarray, params)}, X)
+    for t, width in enumerate(NUM_OUTPUTS):
+      z = np.broadcast_to(onehot[t], (4, 2))
+      if conditioning == "multi_head":
+        expected = h @ params["heads"]["kernel"][t] + params["heads"]["bias"][t]
+      else:
+        c = params["conditioned"]
+        if conditioning == "concat":
+          hidden = np.concatenate([h, z], 1) @ c["dense"]["kernel"] + c["dense"]["bias"]
+        elif conditioning == "additive":
+          hidden = h @ c["inputs"]["kernel"] + c["inputs"]["bias"] + z @ c["task"]["kernel"]
+        else:
+          u = h @ params["dense"]["kernel"] + params["dense"]["bias"]
+          gamma = z @ c["scale"]["kernel"] + c["scale"]["bias"] + 1.0
+          hidden = gamma * u + z @ c["shift"]["kernel"] + c["shift"]["bias"]
+        expected = activation(hidden) @ params["output"]["kernel"] + params["output"]["bias"]
+      np.testing.assert_allclose(outputs[t], expected[:, :width], rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="conditioning must be one of"):
+    _init(architectures.TaskConditioned(NUM_OUTPUTS, conditioning="gate"))

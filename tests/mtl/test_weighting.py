@@ -142,27 +142,34 @@ def _gradnorm_numpy(weights, grad_norms, losses, initial_losses, alpha):
   return loss, np.sign(norms - target) * grad_norms
 
 
-def test_gradnorm_balance_loss_gradient_and_renormalisation():
+def test_gradnorm_loss_gradient_and_projection():
   weighting = mtl.gradnorm(alpha=1.5)
+  assert weighting.requires == ("task_gradient_norms",)
   params, state = weighting.init(3)
   initial = jnp.array([2.0, 1.0, 4.0])
-  total, (weights, state) = weighting.loss(params, initial, state)
-  np.testing.assert_allclose(total, 7.0)
+  grad_norms = jnp.array([1.0, 0.2, 3.0])
+  # First call: r_i = 1, L_i(0) recorded; total = sum_i w_i L_i + L_grad.
+  total, (weights, state) = weighting.loss(params, initial, state, task_gradient_norms=grad_norms)
+  first_balance, _ = _gradnorm_numpy(np.ones(3), np.asarray(grad_norms), np.asarray(initial), np.asarray(initial), 1.5)
+  np.testing.assert_allclose(total, 7.0 + first_balance, rtol=1e-6)
   np.testing.assert_allclose(state.initial_losses, initial)
 
   params = {"weights": jnp.array([0.5, 1.5, 1.0])}
-  grad_norms = jnp.array([1.0, 0.2, 3.0])
   losses = jnp.array([1.0, 0.9, 1.0])
-  balance, grads = jax.value_and_grad(weighting.balance_loss)(params, grad_norms, losses, state)
+  objective = lambda p, losses: weighting.loss(p, losses, state, task_gradient_norms=grad_norms)[0]
+  total, grads = jax.value_and_grad(objective)(params, losses)
   expected, expected_grads = _gradnorm_numpy(np.array([0.5, 1.5, 1.0]), np.asarray(grad_norms),
                                              np.asarray(losses), np.asarray(initial), 1.5)
-  np.testing.assert_allclose(balance, expected, rtol=1e-5)
+  np.testing.assert_allclose(total, np.dot([0.5, 1.5, 1.0], losses) + expected, rtol=1e-5)
   np.testing.assert_allclose(grads["weights"], expected_grads, rtol=1e-5)
-  # The model loss does not train the weights.
-  model_grads = jax.grad(lambda p: weighting.loss(p, losses, state)[0])(params)
-  np.testing.assert_allclose(model_grads["weights"], 0.0)
-  renormalized = weighting.renormalize({"weights": jnp.array([1.0, 2.0, 3.0])})
+  # The task losses reach the model only through the (constant) weights.
+  np.testing.assert_allclose(jax.grad(objective, argnums=1)(params, losses), [0.5, 1.5, 1.0], rtol=1e-6)
+  renormalized = weighting.project({"weights": jnp.array([1.0, 2.0, 3.0])})
   np.testing.assert_allclose(renormalized["weights"], [0.5, 1.0, 1.5])
+  with pytest.raises(ValueError, match="task_gradient_norms"):
+    weighting.loss(params, losses, state)
+  with pytest.raises(ValueError, match=r"shape \(3,\)"):
+    weighting.loss(params, losses, state, task_gradient_norms=jnp.ones(2))
 
 
 def test_gradnorm_with_task_gradients_end_to_end():
@@ -182,11 +189,45 @@ def test_gradnorm_with_task_gradients_end_to_end():
   expected = [np.linalg.norm(jax.grad(lambda w, t=t: task_losses_fn(w)[t])(w)) for t in range(2)]
   np.testing.assert_allclose(grad_norms, expected, rtol=1e-6)
 
-  def objective(params):
-    total, aux = weighting.loss(params, task_losses, state)
-    return total + weighting.balance_loss(params, grad_norms, task_losses, state), aux
-
-  grads, _ = jax.grad(objective, has_aux=True)(params)
+  grads, _ = jax.grad(lambda p: weighting.loss(p, task_losses, state, task_gradient_norms=grad_norms),
+                      has_aux=True)(params)
   # At step 0 all rates are 1: the larger-norm task's weight is pushed down.
   larger = int(np.argmax(grad_norms))
   assert grads["weights"][larger] > 0 > grads["weights"][1 - larger]
+
+
+def _min_norm_two(g1, g2):
+  """The exact two-task MGDA weights: gamma = clip((g2 - g1).g2 / |g1 - g2|^2, 0, 1)."""
+  gamma = np.clip(np.dot(g2 - g1, g2) / np.dot(g1 - g2, g1 - g2), 0.0, 1.0)
+  return np.array([gamma, 1.0 - gamma])
+
+
+@pytest.mark.parametrize("normalization", ["none", "l2", "loss", "loss+"])
+def test_mgda_ub_weights_are_the_min_norm_point(normalization):
+  weighting = mtl.mgda_ub(normalization)
+  assert weighting.requires == ("representation_gradients",)
+  params, state = weighting.init(2)
+  losses = jnp.array([2.0, 0.5])
+  z_grads = jnp.array([[[1.0, 0.0], [0.0, 0.0]], [[0.3, 2.0], [0.0, 1.0]]])  # [T, n, d]
+  total, (weights, _) = weighting.loss(params, losses, state, representation_gradients=z_grads)
+  flat = np.asarray(z_grads).reshape(2, -1)
+  norms = np.linalg.norm(flat, axis=1)
+  scale = {"none": np.ones(2), "l2": norms, "loss": np.asarray(losses), "loss+": np.asarray(losses) * norms}
+  expected = _min_norm_two(*(flat / scale[normalization][:, None]))
+  np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(total, expected @ np.asarray(losses), rtol=1e-5)
+  grad = jax.grad(lambda x: weighting.loss(params, x, state, representation_gradients=z_grads)[0])(losses)
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)  # weights are constants
+  with pytest.raises(ValueError, match="representation_gradients"):
+    weighting.loss(params, losses, state)
+  with pytest.raises(ValueError, match="normalization"):
+    mtl.mgda_ub("max")
+
+
+def test_every_weighting_ignores_extra_arguments():
+  for weighting in (mtl.equal_weighting(), mtl.static_weighting([1.0, 1.0, 1.0]), mtl.uncertainty_weighting(),
+                    mtl.dynamic_weight_average(), mtl.random_loss_weighting(jax.random.key(0))):
+    params, state = weighting.init(3)
+    plain = weighting.loss(params, LOSSES, state)[0]
+    np.testing.assert_allclose(weighting.loss(params, LOSSES, state, task_gradient_norms=jnp.ones(3))[0], plain)
+    assert weighting.project is None and weighting.requires == ()
