@@ -118,3 +118,21 @@ def test_checkpoint_manager_arguments():
                           ({"best_metric": "loss", "best_mode": "lowest"}, "best_mode must be max or min")):
     with pytest.raises(ValueError, match=message):
       training.checkpoint_manager("/nonexistent/never/created", **kwargs)
+
+
+def test_a_step_whose_arrays_fail_to_restore_is_set_aside(tmp_path, monkeypatch, caplog):
+  loop(tmp_path, num_iterations=10)
+  original = training.checkpoints.ocp.CheckpointManager.restore
+
+  def restore(self, step, *args, **kwargs):
+    if step == 10:
+      raise RuntimeError("DATA_LOSS: checksum mismatch\nand many more lines")
+    return original(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(training.checkpoints.ocp.CheckpointManager, "restore", restore)
+  manager = training.checkpoint_manager(str(tmp_path / "checkpoints"))
+  state, step = training.restore_or_init(manager, init_state())
+  assert step == 5 and float(state["w"]) == 5
+  assert manager.all_steps() == [5]  # forgotten, so the run saves step 10 again
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= 30]
+  assert len(warnings) == 1 and "(DATA_LOSS: checksum mismatch)" in warnings[0]
