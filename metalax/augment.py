@@ -24,8 +24,19 @@ Constructors: :func:`random_resized_crop`, :func:`random_flip`,
 
 Every output stays in ``[0, 1]`` (jitter and noise are clipped, crops and
 rotations interpolate).
+
+By name: :func:`parse` turns a comma list such as
+``"random_flip,random_rotation(max_degrees=10)"`` into one
+:class:`Augmentation` (the per-image operations of :data:`OPERATIONS`), for
+episodes: ``metalax.sample_episodes(key, images, ..., augment=parse(spec))``
+augments every support and query image with its own key. MixUp and CutMix mix
+examples and labels across a batch, so they have no per-image form: ``parse``
+rejects them, and :func:`parse_with_mixing` returns them separately for
+batch training with one-hot labels (``experiments.representation``).
 """
 
+import ast
+import functools
 import math
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -427,3 +438,167 @@ def cutmix(key: jax.Array, inputs: jax.Array, labels: jax.Array, alpha: float = 
   mixed = jnp.where(masks[..., None], inputs[partner], inputs)
   lam = 1 - jnp.mean(masks, axis=(1, 2))
   return mixed, lam[:, None] * labels + (1 - lam[:, None]) * labels[partner], lam
+
+
+Mixing = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array]]
+"""``mixing(key, inputs [n, ...], labels [n, num_classes]) -> (inputs, labels, lam [n])``: :func:`mixup`, :func:`cutmix`."""
+
+OPERATIONS: dict[str, Callable[..., Augmentation]] = {
+    "brightness_contrast": brightness_contrast,
+    "color_jitter": color_jitter,
+    "cutout": cutout,
+    "gaussian_noise": gaussian_noise,
+    "random_flip": random_flip,
+    "random_resized_crop": random_resized_crop,
+    "random_rotation": random_rotation,
+}
+"""Per-image operations by name, for :func:`parse`."""
+
+PARSE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "random_rotation": {"max_degrees": 15.0},
+    "gaussian_noise": {"std": 0.05},
+}
+"""Arguments :func:`parse` gives to constructors that have no default (a name's own arguments override them)."""
+
+MIXING: dict[str, Callable[..., Any]] = {"cutmix": cutmix, "mixup": mixup}
+"""Batch-level operations that mix labels, for :func:`parse_with_mixing`."""
+
+
+def _to_float32() -> Augmentation:
+  """uint8 ``[0, 255]`` -> float32 ``[0, 1]``; float input is only cast (as :func:`metalax.data.to_float32`)."""
+
+  def apply(params, image):
+    del params
+    if image.dtype == jnp.uint8:
+      return image.astype(jnp.float32) / 255.0
+    return image.astype(jnp.float32)
+
+  return Augmentation(lambda key: (), apply)
+
+
+def _split_top_level(spec: str) -> list[str]:
+  """Splits at commas outside parentheses and brackets."""
+  items, depth, start = [], 0, 0
+  for i, char in enumerate(spec):
+    if char in "([{":
+      depth += 1
+    elif char in ")]}":
+      depth -= 1
+    elif char == "," and depth == 0:
+      items.append(spec[start:i])
+      start = i + 1
+  items.append(spec[start:])
+  return [item.strip() for item in items if item.strip()]
+
+
+def _known() -> str:
+  return (f"known operations: {', '.join(sorted(OPERATIONS))}; batch-level (parse_with_mixing only): "
+          f"{', '.join(sorted(MIXING))}")
+
+
+def _parse_item(item: str) -> tuple[str, dict[str, Any]]:
+  """``"name"`` or ``"name(key=literal, ...)"`` -> ``(name, kwargs)``."""
+  try:
+    node = ast.parse(item, mode="eval").body
+  except SyntaxError:
+    node = None
+  if isinstance(node, ast.Name):
+    return node.id, {}
+  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.args:
+    try:
+      kwargs = {keyword.arg: ast.literal_eval(keyword.value) for keyword in node.keywords}
+    except ValueError:
+      kwargs = None
+    if kwargs is not None and None not in kwargs:
+      return node.func.id, kwargs
+  raise ValueError(
+      f"cannot parse augmentation {item!r}: expected a name or name(key=value, ...) with literal values, "
+      f"e.g. random_rotation(max_degrees=10) or random_resized_crop(scale=(0.5, 1.0)); {_known()}.")
+
+
+def _build(name: str, kwargs: dict[str, Any], table: dict[str, Callable[..., Any]]) -> Any:
+  try:
+    return table[name](**{**PARSE_DEFAULTS.get(name, {}), **kwargs})
+  except TypeError as error:
+    raise ValueError(f"augmentation {name}{tuple(kwargs.items()) if kwargs else ''}: {error}.") from None
+
+
+def parse_with_mixing(spec: str | Sequence[str] | None) -> tuple[Augmentation | None, Mixing | None]:
+  """Parses per-image operations and at most one batch-level mixing (``mixup`` or ``cutmix``).
+
+  Args:
+    spec: as in :func:`parse`; may also name ``mixup`` or ``cutmix`` (with
+      ``alpha=...``), once.
+
+  Returns:
+    ``(augmentation, mixing)``: the per-image :class:`Augmentation` as
+    :func:`parse` returns it (``None`` if there is none) and the
+    :data:`Mixing` function (``None`` if there is none). Apply the
+    augmentation to each image, then the mixing to the batch with one-hot
+    labels: ``mixing(key, apply_batch(augmentation, key2, images),
+    jax.nn.one_hot(labels, num_classes))``.
+
+  Raises:
+    ValueError: as :func:`parse`, or if more than one mixing is named.
+  """
+  items = _split_top_level(spec) if isinstance(spec, str) else [str(s).strip() for s in (spec or ()) if str(s).strip()]
+  operations, mixings = [], []
+  for item in items:
+    name, kwargs = _parse_item(item)
+    if name in OPERATIONS:
+      operations.append(_build(name, kwargs, OPERATIONS))
+    elif name in MIXING:
+      alpha = kwargs.get("alpha", 1.0)
+      if set(kwargs) - {"alpha"} or isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ValueError(f"augmentation {name} takes one argument, alpha > 0, got {kwargs}.")
+      mixings.append(functools.partial(MIXING[name], **kwargs))
+    else:
+      raise ValueError(f"unknown augmentation {name!r}; {_known()}.")
+  if len(mixings) > 1:
+    raise ValueError(f"at most one of {sorted(MIXING)} can be applied to a batch, got {items}.")
+  augmentation = compose(_to_float32(), *operations) if operations else None
+  return augmentation, (mixings[0] if mixings else None)
+
+
+def parse(spec: str | Sequence[str] | None) -> Augmentation | None:
+  """One :class:`Augmentation` from a comma list of operation names, for per-image (per-episode) use.
+
+  Each item is a name of :data:`OPERATIONS` or ``name(key=value, ...)`` with
+  literal values, applied in the order given; a name alone uses the
+  constructor's defaults (:data:`PARSE_DEFAULTS` for the arguments that have
+  none: ``random_rotation`` 15 degrees, ``gaussian_noise`` std 0.05). The
+  result first converts the image to float32 in ``[0, 1]`` (uint8 divided by
+  255), so it applies to uint8 data as sampled and always returns float32.
+
+  Apply it to every support and query image of training episodes with
+  ``metalax.sample_episodes(key, images, num_tasks, num_ways, num_shots,
+  num_queries, augment=parse(spec))`` (each image gets its own key; the
+  labels are unchanged). Evaluation episodes are usually not augmented.
+
+  Args:
+    spec: e.g. ``"random_flip,random_rotation(max_degrees=10)"``, or a
+      sequence of such items; ``None``, ``""`` give ``None``.
+
+  Returns:
+    An :class:`Augmentation` (``augment(key, image [H, W, C]) -> image``), or
+    ``None`` for an empty spec.
+
+  Raises:
+    ValueError: for an unknown name (listing the known ones), ``mixup`` or
+      ``cutmix`` (batch-level: see :func:`parse_with_mixing`), an item that
+      does not parse, or arguments the constructor rejects.
+
+  Example:
+    >>> augmentation = parse("random_flip,random_resized_crop(scale=(0.5, 1.0))")
+    >>> episodes = metalax.sample_episodes(key, images, 8, 5, 1, 15, augment=augmentation)
+  """
+  items = _split_top_level(spec) if isinstance(spec, str) else [str(s).strip() for s in (spec or ()) if str(s).strip()]
+  for item in items:
+    name, _ = _parse_item(item)
+    if name in MIXING:
+      raise ValueError(
+          f"{name} mixes examples and their labels across a batch, so it cannot be applied per image or "
+          "inside an episode (its labels are class indices of that episode); use it in batch training with "
+          f"one-hot labels through parse_with_mixing (experiments.representation). Per-image operations: "
+          f"{', '.join(sorted(OPERATIONS))}.")
+  return parse_with_mixing(items)[0]

@@ -16,9 +16,16 @@ of the ``k`` drawn values, so sampling costs ``O(k^2)`` per class whatever the
 number of classes or examples: about 2 ms for 32 five-way episodes from the
 4,800 Omniglot training classes on CPU, against about 75 ms for
 ``jax.random.choice(..., replace=False)``, which permutes all classes.
+
+Variable-ways, variable-shots episodes (Meta-Dataset style) keep static
+shapes by drawing the shape on the host: :func:`sample_episode_shape` draws
+``(num_ways, num_shots)`` from a key before the jitted call, and the jitted
+sampler (and the learner, whose ``num_ways`` is static) runs with those
+counts; each distinct shape compiles once (:func:`episode_shapes` lists
+them). :func:`sample_variable_episodes` does both in one call.
 """
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +37,15 @@ from metalax.types import Batch
 from metalax.types import Episode
 
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
-"""``augment(key, image [H, W, C]) -> image [H', W', C']``, applied to each image."""
+"""``augment(key, image [H, W, C]) -> image [H', W', C']``, applied to each image.
+
+:func:`metalax.augment.parse` turns a comma list of operation names into one
+(``augment=augment.parse("random_flip,random_rotation")``); it converts uint8
+pixels to float32 in ``[0, 1]`` first, so it applies to episodes as sampled.
+"""
+
+# A 4-axis array whose last axis is one of these is an image batch [N, H, W, C], not [classes, per_class, ...].
+_CHANNEL_COUNTS = (1, 3)
 
 
 def _check_counts(num_classes: int, per_class: int, num_ways: int, num_shots: int,
@@ -150,6 +165,15 @@ def _validate(images, num_ways, num_shots, num_queries):
     raise ValueError(
         "images must have shape [num_classes, num_per_class, H, W, C] (at least 3 axes), "
         f"got {getattr(images, 'shape', type(images).__name__)}.")
+  if images.ndim == 4 and images.shape[-1] in _CHANNEL_COUNTS:
+    raise ValueError(
+        f"images of shape {tuple(images.shape)} look like a flat batch [N, H, W, C] of images, not images "
+        "grouped by class: sample_episode(s) reads an array as [num_classes, num_per_class, H, W, C] (or "
+        "[num_classes, num_per_class, *feature_shape]), so this one would be taken as "
+        f"{images.shape[0]} classes of {images.shape[1]} examples shaped {tuple(images.shape[2:])}. Group the "
+        "images by class first: metalax.data.from_labelled(images, labels) (any number per class), or "
+        "metalax.data.class_images(images.reshape(num_classes, num_per_class, H, W, C)) when they are already "
+        "sorted by class with equal counts.")
   _check_counts(images.shape[0], images.shape[1], num_ways, num_shots, num_queries,
                 "images have num_per_class =")
   return images
@@ -243,3 +267,168 @@ def sample_episodes(key: jax.Array, images: jax.Array | ClassImages | RaggedClas
   return jax.vmap(
       lambda task_key: sample_episode(task_key, data, num_ways, num_shots, num_queries,
                                       augment))(keys)
+
+
+class EpisodeShape(NamedTuple):
+  """The static counts of an episode: ``sample_episodes(key, images, num_tasks, *shape)``."""
+
+  num_ways: int
+  num_shots: int
+  num_queries: int
+
+
+def _check_ranges(min_ways, max_ways, min_shots, max_shots, num_queries) -> None:
+  values = {"min_ways": min_ways, "max_ways": max_ways, "min_shots": min_shots, "max_shots": max_shots,
+            "num_queries": num_queries}
+  for name, value in values.items():
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+      raise ValueError(f"{name} must be a static Python int, got {type(value).__name__}.")
+  if min_ways < 1 or min_shots < 1 or num_queries < 1:
+    raise ValueError(
+        f"min_ways, min_shots and num_queries must be positive, got min_ways={min_ways}, "
+        f"min_shots={min_shots}, num_queries={num_queries}.")
+  if min_ways > max_ways or min_shots > max_shots:
+    raise ValueError(
+        f"expected min_ways <= max_ways and min_shots <= max_shots, got ways [{min_ways}, {max_ways}] and "
+        f"shots [{min_shots}, {max_shots}].")
+
+
+def episode_shapes(min_ways: int, max_ways: int, min_shots: int, max_shots: int,
+                   num_queries: int) -> tuple[EpisodeShape, ...]:
+  """Every shape :func:`sample_episode_shape` can draw, ways-major (each compiles once).
+
+  Args:
+    min_ways, max_ways: the range of classes per episode, inclusive.
+    min_shots, max_shots: the range of support examples per class, inclusive.
+    num_queries: query examples per class (fixed).
+
+  Returns:
+    ``(max_ways - min_ways + 1) * (max_shots - min_shots + 1)`` shapes:
+    ``(min_ways, min_shots), (min_ways, min_shots + 1), ...``.
+
+  Raises:
+    ValueError: if a count is not a positive static int or a range is empty.
+  """
+  _check_ranges(min_ways, max_ways, min_shots, max_shots, num_queries)
+  return tuple(EpisodeShape(int(ways), int(shots), int(num_queries))
+               for ways in range(min_ways, max_ways + 1) for shots in range(min_shots, max_shots + 1))
+
+
+def sample_episode_shape(key: jax.Array, min_ways: int, max_ways: int, min_shots: int, max_shots: int,
+                         num_queries: int) -> EpisodeShape:
+  """Draws an episode shape on the host: ways and shots independent and uniform in their ranges.
+
+  Call it outside ``jit`` (the counts become Python ints, the static
+  arguments of the jitted sampler and learner); it costs one small device
+  computation and a transfer. A batch of ``num_tasks`` episodes sampled with
+  one shape shares it (one shape per meta-batch).
+
+  Args:
+    key: a PRNG key (concrete, not traced).
+    min_ways, max_ways: classes per episode, inclusive range.
+    min_shots, max_shots: support examples per class, inclusive range.
+    num_queries: query examples per class (fixed).
+
+  Returns:
+    An :class:`EpisodeShape` of Python ints.
+
+  Raises:
+    ValueError: as :func:`episode_shapes`, or if ``key`` is a tracer (called
+      inside ``jit``).
+
+  Example:
+    >>> shape = sample_episode_shape(key, 5, 20, 1, 5, 10)
+    >>> sample = jax.jit(sample_episodes, static_argnums=(2, 3, 4, 5))
+    >>> episodes = sample(key, images, 16, *shape)   # compiles once per shape
+  """
+  _check_ranges(min_ways, max_ways, min_shots, max_shots, num_queries)
+  if isinstance(key, jax.core.Tracer):
+    raise ValueError(
+        "sample_episode_shape draws Python ints for static shapes: call it outside jax.jit "
+        "(got a traced key).")
+  ways, shots = _draw_shape(key, min_ways, max_ways, min_shots, max_shots)
+  return EpisodeShape(int(ways), int(shots), int(num_queries))
+
+
+def _draw_shape(key: jax.Array, min_ways: int, max_ways: int, min_shots: int,
+                max_shots: int) -> tuple[jax.Array, jax.Array]:
+  """``(ways, shots)`` int32 scalars, independent and uniform in their inclusive ranges."""
+  ways_key, shots_key = jax.random.split(key)
+  return (jax.random.randint(ways_key, (), min_ways, max_ways + 1),
+          jax.random.randint(shots_key, (), min_shots, max_shots + 1))
+
+
+def sample_variable_episodes(key: jax.Array, images: jax.Array | ClassImages | RaggedClassImages,
+                             num_tasks: int, min_ways: int, max_ways: int, min_shots: int, max_shots: int,
+                             num_queries: int, augment: Augment | None = None) -> Episode:
+  """Samples ``num_tasks`` episodes of one random shape: variable ways and shots, static shapes.
+
+  Draws the shape with :func:`sample_episode_shape` from
+  ``jax.random.split(key)[0]``, then returns ``sample_episodes(
+  jax.random.split(key)[1], images, num_tasks, *shape, augment)``, jitted
+  (one compilation per shape; an ``augment`` that is not hashable runs
+  without ``jit``). The
+  shape is checked against the data for the largest counts first, so a range
+  that does not fit fails on the first call, whatever shape is drawn.
+
+  Design: metalax samplers and learners have static shapes (a metric learner
+  takes ``num_ways`` as a static argument; a gradient learner's head has a
+  fixed width), so the shape is drawn on the host per call and every distinct
+  shape compiles once, ``len(episode_shapes(...))`` at most. Padding every
+  episode to ``max_ways x max_shots`` with a mask would compile once, but
+  padded rows would enter batch-statistics normalisation and every learner's
+  prototypes and losses unless each learner masked them. To bound compilation,
+  keep the ranges small (or draw shapes from a short list yourself and call
+  :func:`sample_episodes`). Unlike Meta-Dataset's sampler (Triantafillou et
+  al. 2020: ways uniform in ``[5, 50]``, class-imbalanced support sets from a
+  size budget, up to 10 queries per class), every class of an episode has the
+  same number of shots, and all ``num_tasks`` episodes share the shape.
+
+  Wiring in a training loop (one shape per jitted call)::
+
+    shape = sample_episode_shape(jax.random.fold_in(shape_key, call), 5, 20, 1, 5, 10)
+    step = steps[shape] if shape in steps else steps.setdefault(shape, make_step(shape))
+    # make_step(shape) builds the learner with num_ways=shape.num_ways and jits
+    # a step that samples sample_episodes(key, images, num_tasks, *shape).
+
+  Args:
+    key: a PRNG key (concrete: the shape is drawn on the host).
+    images: as in :func:`sample_episode`.
+    num_tasks: episodes (B), all of the drawn shape.
+    min_ways, max_ways: classes per episode, inclusive (``max_ways`` at most
+      the number of classes).
+    min_shots, max_shots: support examples per class, inclusive
+      (``max_shots + num_queries`` at most the examples of the smallest class).
+    num_queries: query examples per class.
+    augment: as in :func:`sample_episode`.
+
+  Returns:
+    An :class:`~metalax.types.Episode` with a leading ``[B]`` axis:
+    ``support.inputs [B, num_ways * num_shots, ...]``, ``query.inputs [B,
+    num_ways * num_queries, ...]``, labels in ``[0, num_ways)``, rows as in
+    :func:`sample_episode`. The drawn ``num_ways`` is
+    ``support.labels.max() + 1`` and ``num_shots`` is
+    ``support.labels.shape[-1] // num_ways``.
+
+  Raises:
+    ValueError: as :func:`sample_episode_shape`, or as :func:`sample_episodes`
+      for the largest counts.
+
+  References:
+    Triantafillou et al., Meta-Dataset: A Dataset of Datasets for Learning to
+    Learn from Few Examples, ICLR 2020.
+  """
+  _check_ranges(min_ways, max_ways, min_shots, max_shots, num_queries)
+  _validate(images, max_ways, max_shots, num_queries)
+  shape_key, episode_key = jax.random.split(key)
+  shape = sample_episode_shape(shape_key, min_ways, max_ways, min_shots, max_shots, num_queries)
+  try:
+    hash(augment)
+  except TypeError:  # not a valid static argument: sample without jit
+    return sample_episodes(episode_key, images, num_tasks, *shape, augment)
+  return _sample_episodes_jit(episode_key, images, num_tasks, *shape, augment)
+
+
+# sample_variable_episodes is a host-side function (its shapes are drawn per call), so it jits the sampler
+# itself: one compilation per shape (and augment), instead of op-by-op dispatch at every call.
+_sample_episodes_jit = jax.jit(sample_episodes, static_argnums=(2, 3, 4, 5, 6))

@@ -130,3 +130,67 @@ def test_mixup_and_cutmix_mix_labels_like_inputs():
 def test_errors(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_parse_composes_named_operations_in_order():
+  parsed = augment.parse("random_flip(horizontal=True, vertical=True), random_rotation(max_degrees=10)")
+  same = augment.parse(["random_flip(horizontal=True, vertical=True)", "random_rotation(max_degrees=10)"])
+  flip, rotation = augment.random_flip(vertical=True), augment.random_rotation(10.0)
+
+  @jax.jit
+  def run(key, image):
+    params = parsed.sample(key)
+    expected = rotation.apply(params[2], flip.apply(params[1], image))
+    return params, parsed.apply(params, image), parsed(key, image), same(key, image), expected
+
+  (conversion, _, rotation_params), applied, called, same_called, expected = run(KEY, IMAGES[0])
+  assert conversion == ()
+  assert abs(float(rotation_params["angle"])) <= np.radians(10)
+  for out in (applied, called, same_called):
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+  assert augment.parse("") is None and augment.parse(None) is None and augment.parse(" , ") is None
+
+
+def test_parse_defaults_uint8_and_tuple_arguments():
+  rotate = augment.parse("random_rotation")
+  crop = augment.parse("random_resized_crop(scale=(0.5, 1.0), output_size=(6, 5)),gaussian_noise")
+  flip = augment.parse("random_flip(probability=1.0)")
+  pixels = (IMAGES[0] * 255).astype(jnp.uint8)
+
+  @jax.jit
+  def run(key):
+    angles = jax.vmap(lambda k: rotate.sample(k)[1]["angle"])(jax.random.split(key, 400))
+    return angles, crop(key, IMAGES[0]), flip(key, pixels)
+
+  angles, cropped, flipped = run(KEY)
+  assert np.radians(14) < np.abs(angles).max() <= np.radians(15)           # PARSE_DEFAULTS: 15 degrees
+  assert cropped.shape == (6, 5, 1)
+  assert flipped.dtype == jnp.float32                                     # uint8 in, float32 in [0, 1] out
+  np.testing.assert_allclose(flipped, np.asarray(pixels)[:, ::-1].astype(np.float32) / 255, rtol=1e-6)
+
+
+def test_parse_with_mixing_returns_the_batch_operation():
+  augmentation, mixing = augment.parse_with_mixing("random_flip,cutmix(alpha=0.5)")
+  assert isinstance(augmentation, augment.Augmentation)
+  assert mixing.func is augment.cutmix and mixing.keywords == {"alpha": 0.5}
+  assert augment.parse_with_mixing("mixup")[0] is None
+  assert augment.parse_with_mixing("cutout")[1] is None
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: augment.parse("random_flip,random_blur"),
+     "unknown augmentation 'random_blur'; known operations: brightness_contrast, color_jitter, cutout, "
+     "gaussian_noise, random_flip, random_resized_crop, random_rotation; batch-level"),
+    (lambda: augment.parse("random_flip,mixup"), "mixup mixes examples and their labels across a batch"),
+    (lambda: augment.parse("cutmix(alpha=1.0)"), "cutmix mixes .* parse_with_mixing"),
+    (lambda: augment.parse_with_mixing("mixup,cutmix"), "at most one of"),
+    (lambda: augment.parse_with_mixing("mixup(alpha=0)"), "alpha > 0"),
+    (lambda: augment.parse_with_mixing("mixup(beta=1)"), "alpha > 0"),
+    (lambda: augment.parse("random_rotation(15)"), "name\\(key=value"),
+    (lambda: augment.parse("random_rotation(max_degrees=x)"), "literal values"),
+    (lambda: augment.parse("random_flip(angle=3)"), "random_flip.*unexpected keyword argument 'angle'"),
+    (lambda: augment.parse("random_flip(probability=2.0)"), "probability must be in"),
+])
+def test_parse_errors(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

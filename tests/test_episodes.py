@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from metalax import augment as augment_lib
+from metalax import episodes as episodes_lib
 from metalax import types
 from metalax.data import images as images_lib
 from metalax.episodes import ordered_subsets
@@ -281,3 +283,87 @@ class TestValidation:
     sample = jax.jit(sample_episode, static_argnums=(2, 3, 4))
     with pytest.raises(ValueError, match="num_ways=20"):
       sample(jax.random.key(0), _images(), 20, 1, 1)
+
+
+class TestFlatLayout:
+  """A flat image batch [N, H, W, C] is not read as [classes, per_class, ...] (it used to be, silently)."""
+
+  @pytest.mark.parametrize("shape", [(60, 8, 8, 1), (40, 6, 6, 3)])
+  def test_flat_batch_raises_with_the_layout_and_the_fix(self, shape):
+    flat = jnp.zeros(shape, jnp.float32)
+    message = "look like a flat batch \\[N, H, W, C\\].*\\[num_classes, num_per_class, H, W, C\\].*from_labelled"
+    with pytest.raises(ValueError, match=message):
+      sample_episode(jax.random.key(0), flat, 5, 1, 2)
+    with pytest.raises(ValueError, match=message):
+      sample_episodes(jax.random.key(0), np.zeros(shape, np.uint8), 2, 5, 1, 2)
+    with pytest.raises(ValueError, match=message):
+      jax.jit(sample_episode, static_argnums=(2, 3, 4))(jax.random.key(0), flat, 5, 1, 2)
+
+  def test_grouped_data_and_feature_arrays_still_sample(self):
+    labels = np.repeat(np.arange(6), 4)
+    flat = np.zeros((24, 8, 8, 1), np.float32)
+    episode = sample_episode(jax.random.key(0), images_lib.from_labelled(flat, labels), 3, 1, 2)
+    assert episode.support.inputs.shape == (3, 8, 8, 1)
+    features = jnp.zeros((6, 4, 5, 2))  # [classes, per_class, 5, 2]: the last axis is not a channel count
+    assert sample_episode(jax.random.key(0), features, 3, 1, 2).query.inputs.shape == (6, 5, 2)
+
+
+class TestVariableEpisodes:
+
+  def test_episode_shapes_enumerates_the_grid(self):
+    shapes = episodes_lib.episode_shapes(2, 4, 1, 2, 3)
+    assert shapes == tuple(episodes_lib.EpisodeShape(w, s, 3) for w in (2, 3, 4) for s in (1, 2))
+    assert all(type(v) is int for shape in shapes for v in shape)
+
+  def test_shapes_are_exactly_uniform_and_independent(self):
+    min_ways, max_ways, min_shots, max_shots = 2, 5, 1, 3
+    draw = jax.jit(jax.vmap(lambda key: episodes_lib._draw_shape(key, min_ways, max_ways, min_shots, max_shots)))
+    keys = jax.random.split(jax.random.key(5), 6000)
+    ways, shots = (np.asarray(a) for a in draw(keys))
+    counts = np.zeros((4, 3))
+    np.add.at(counts, (ways - min_ways, shots - min_shots), 1)
+    assert counts.sum() == 6000 and counts.min() > 0  # every (ways, shots) in range, nothing outside
+    assert stats.chisquare(counts.ravel()).pvalue > 1e-3
+    for b in (0, 1, 5999):  # the host-side draw is the same function of the key
+      shape = episodes_lib.sample_episode_shape(keys[b], min_ways, max_ways, min_shots, max_shots, 4)
+      assert shape == (int(ways[b]), int(shots[b]), 4) and type(shape.num_ways) is int
+
+  def test_variable_episodes_are_valid_and_equal_fixed_sampling(self):
+    shapes = {}
+    for seed in (0, 5):  # keys that draw two different shapes
+      key = jax.random.key(seed)
+      batch = episodes_lib.sample_variable_episodes(key, _images(), 2, 2, 3, 1, 2, 3)
+      shape = episodes_lib.sample_episode_shape(jax.random.split(key)[0], 2, 3, 1, 2, 3)
+      _check_valid(batch, *shape)
+      shapes[shape] = (key, batch)
+    assert len(shapes) > 1
+    shape, (key, batch) = next(iter(shapes.items()))
+    jax.tree.map(np.testing.assert_array_equal, batch,
+                 _sample_many(jax.random.split(key)[1], _images(), 2, *shape))
+
+  @pytest.mark.parametrize("args, message", [
+      ((2, 13, 1, 2, 3), "num_ways=13 needs at least 13 classes"),      # the largest count, whatever is drawn
+      ((2, 5, 1, 8, 3), "8 \\+ 3 = 11 distinct examples"),
+      ((5, 4, 1, 2, 3), "min_ways <= max_ways"),
+      ((2, 5, 3, 2, 3), "min_shots <= max_shots"),
+      ((0, 5, 1, 2, 3), "must be positive"),
+      ((2, 5, 1, 2.0, 3), "max_shots must be a static Python int"),
+  ])
+  def test_bad_ranges(self, args, message):
+    with pytest.raises(ValueError, match=message):
+      episodes_lib.sample_variable_episodes(jax.random.key(0), _images(), 2, *args)
+
+  def test_shape_draw_refuses_a_traced_key(self):
+    with pytest.raises(ValueError, match="outside jax.jit"):
+      jax.jit(lambda key: episodes_lib.sample_episode_shape(key, 2, 5, 1, 2, 3)[0])(jax.random.key(0))
+
+
+def test_parsed_augmentation_applies_per_episode_to_uint8_images():
+  images = (_images() * 20).astype(jnp.uint8).reshape(NUM_CLASSES, NUM_PER_CLASS, 1, 2, 1)
+  flip = augment_lib.parse("random_flip(probability=1.0)")
+  plain = _sample_many(jax.random.key(0), images, 2, WAYS, SHOTS, QUERIES)
+  flipped = _sample_many(jax.random.key(0), images, 2, WAYS, SHOTS, QUERIES, flip)
+  for a, b in ((plain.support, flipped.support), (plain.query, flipped.query)):
+    assert b.inputs.dtype == jnp.float32
+    np.testing.assert_allclose(b.inputs, np.asarray(a.inputs)[..., ::-1, :] / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(a.labels, b.labels)

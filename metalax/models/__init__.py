@@ -8,12 +8,14 @@ from metalax.models.autoencoder import Decoder
 from metalax.models.autoencoder import autoencoder_loss
 from metalax.models.conv import Conv4
 from metalax.models.mlp import MLP
+from metalax.models.resnet import ResNet12
 
 __all__ = (
     "Autoencoder",
     "Conv4",
     "Decoder",
     "MLP",
+    "ResNet12",
     "autoencoder_loss",
     "from_function",
     "from_linen",
