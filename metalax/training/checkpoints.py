@@ -236,7 +236,7 @@ def quarantine(manager: ocp.CheckpointManager, step: int, reason: str) -> str:
   """Renames the damaged ``step`` aside to ``<step>.damaged-<time>`` (which orbax does not list); returns the path.
 
   The manager forgets the step, so the run saves it again. Only the main
-  process renames.
+  process renames; with several processes, all wait for it.
   """
   source = os.path.join(str(manager.directory), str(step))
   target = f"{source}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -245,6 +245,8 @@ def quarantine(manager: ocp.CheckpointManager, step: int, reason: str) -> str:
     target, n = f"{source}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{n}", n + 1
   if records.is_main_process() and os.path.exists(source):
     os.rename(source, target)
+  if jax.process_count() > 1:  # every process sees the step gone before any lists the steps again
+    ocp.multihost.sync_global_processes(f"metalax_quarantine_{step}")
   manager.reload()
   logging.warning("The checkpoint at %s cannot be read (%s); moved it to %s and trying an earlier one.",
                   source, reason, target)

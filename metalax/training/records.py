@@ -29,9 +29,10 @@ MIN_FREE_MB = 100
 CONFIG_RECORD = "config.json"
 """The file in a workdir holding the config its checkpoints were trained with (:func:`check_resume`)."""
 
-RESUME_FREE_FIELDS = ("allow_changes", "download", "data_dir", "num_devices", "steps_per_call")
+RESUME_FREE_FIELDS = ("allow_changes", "checkpoint_every", "data_dir", "download", "num_devices", "steps_per_call")
 """Fields a resumed run may change without opting in: they do not change what is trained (the data key of
-iteration ``i`` does not depend on ``steps_per_call``; ``num_devices`` changes only the order of sums)."""
+iteration ``i`` depends on neither ``steps_per_call`` nor ``checkpoint_every``; ``num_devices`` changes only
+the order of sums)."""
 
 LENGTH_FREE_SCHEDULES = ("", "constant", "none", "step", "exponential")
 """``lr_schedule`` values whose shape does not depend on ``num_iterations``: with these, extending
