@@ -26,8 +26,8 @@ from metalax.mtl.aggregation import task_gradients
 from metalax.mtl.aggregation import upgrad
 from metalax.mtl.architectures import CrossStitch
 from metalax.mtl.architectures import HardParameterSharing
-from metalax.mtl.architectures import MMoE
 from metalax.mtl.architectures import MLPTrunk
+from metalax.mtl.architectures import MMoE
 from metalax.mtl.architectures import MTAN
 from metalax.mtl.architectures import SoftParameterSharing
 from metalax.mtl.architectures import TaskConditioned
@@ -64,6 +64,13 @@ from metalax.mtl.objective import one_hot_descriptors
 from metalax.mtl.objective import standardize
 from metalax.mtl.objective import task_descriptors
 from metalax.mtl.objective import unstandardize
+from metalax.mtl.pareto import ParetoHyperNetwork
+from metalax.mtl.pareto import ParetoMTLState
+from metalax.mtl.pareto import circle_points
+from metalax.mtl.pareto import hypervolume
+from metalax.mtl.pareto import nondominated
+from metalax.mtl.pareto import pareto_mtl
+from metalax.mtl.pareto import sample_preferences
 from metalax.mtl.scheduling import host_task_schedule
 from metalax.mtl.scheduling import round_robin_tasks
 from metalax.mtl.scheduling import sample_examples
@@ -103,14 +110,16 @@ __all__ = (
     "GradVacState",
     "HardParameterSharing",
     "LossWeighting",
-    "MethodState",
     "MLPTrunk",
     "MMoE",
     "MTAN",
+    "MethodState",
     "MultiHead",
     "NashMTLState",
     "PCGradState",
     "PLE",
+    "ParetoHyperNetwork",
+    "ParetoMTLState",
     "RandomLossWeightingState",
     "STCHState",
     "Sluice",
@@ -123,6 +132,7 @@ __all__ = (
     "TrainStep",
     "aligned_mtl",
     "cagrad",
+    "circle_points",
     "conflict_free",
     "db_mtl",
     "delta_m",
@@ -139,6 +149,7 @@ __all__ = (
     "gradnorm",
     "gradvac",
     "host_task_schedule",
+    "hypervolume",
     "imtl_g",
     "imtl_l",
     "linear_scalarization",
@@ -148,11 +159,14 @@ __all__ = (
     "multitask_loss",
     "multitask_objective",
     "nash_mtl",
+    "nondominated",
     "one_hot_descriptors",
+    "pareto_mtl",
     "pcgrad",
     "random_loss_weighting",
     "round_robin_tasks",
     "sample_examples",
+    "sample_preferences",
     "sample_task_batch",
     "sample_tasks",
     "shared_mask",
