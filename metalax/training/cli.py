@@ -284,7 +284,8 @@ def run(train_and_evaluate: Callable[[ml_collections.ConfigDict, str], Any], con
   scripts in one process defines no flag twice. A user error (``ValueError``,
   ``FileNotFoundError``, ``FloatingPointError``, ``OSError``: a bad value, a
   missing file, a full disk, a non-finite loss) ends the run with one line on
-  stderr and exit status 1, not a traceback.
+  stderr and exit status 1, not a traceback. The :func:`~metalax.training.base_config`
+  fields the config has are validated before ``train_and_evaluate`` runs.
 
   Args:
     train_and_evaluate: ``train_and_evaluate(config, workdir)``.
@@ -340,7 +341,7 @@ def run(train_and_evaluate: Callable[[ml_collections.ConfigDict, str], Any], con
         if not os.path.isfile(_split_spec(spec)[0]):
           raise FileNotFoundError(f"--config={spec}: no config file {_split_spec(spec)[0]!r}.") from None
         raise FileNotFoundError(f"cannot load the --config file: {str(e).split('Attempted')[-1].strip()}") from None
-      config_lib.run_settings(config)
+      config_lib.validate(config, {field: rule for field, rule in config_lib.RUN_RULES.items() if field in config})
       if distributed_flag.value or any(flag.value is not None for flag in (
           coordinator_flag, num_processes_flag, process_id_flag)):
         initialize_distributed(coordinator_flag.value, num_processes_flag.value, process_id_flag.value)

@@ -192,6 +192,13 @@ def validate(config: Any, rules: Mapping[str, Any]) -> None:
       check_choice(config, field, rule)
 
 
+RUN_RULES = {
+    "seed": "nonnegative_int", "num_devices": "nonnegative_int", "precision": PRECISIONS, "on_nan": ON_NAN,
+    "num_iterations": "positive_int", "steps_per_call": "positive_int", "checkpoint_every": "positive_int",
+    "download": (True, False)}
+"""The :func:`validate` rules of the :func:`base_config` fields."""
+
+
 def run_settings(config: Any) -> dict[str, Any]:
   """The :func:`base_config` fields of ``config``, validated.
 
@@ -201,10 +208,7 @@ def run_settings(config: Any) -> dict[str, Any]:
   Raises:
     ValueError: for a missing field or a value that cannot work.
   """
-  validate(config, {
-      "seed": "nonnegative_int", "num_devices": "nonnegative_int", "precision": PRECISIONS, "on_nan": ON_NAN,
-      "num_iterations": "positive_int", "steps_per_call": "positive_int", "checkpoint_every": "positive_int",
-      "download": (True, False)})
+  validate(config, RUN_RULES)
   for field in ("allow_changes", "data_dir"):
     _get(config, field)
   return {field: _get(config, field) for field in HELP}
