@@ -304,8 +304,8 @@ def run(train_and_evaluate: Callable[[ml_collections.ConfigDict, str], Any], con
   if any(arg in HELP_FLAGS for arg in argv[1:argv.index("--") if "--" in argv else len(argv)]):
     try:
       text = config_help(spec)
-    except USER_ERRORS as e:
-      user_error(f"cannot list the config fields of --config={spec}: {e}")
+    except Exception as e:  # the config file's own failure, in one line
+      user_error(f"cannot list the config fields of --config={spec}: {type(e).__name__}: {e}")
     sys.stdout.write(text)
     sys.stdout.flush()
     sys.exit(0)
