@@ -5,6 +5,9 @@ tensorflow-datasets, sinusoid. Where files live: :func:`resolve_data_dir`."""
 from metalax.data.cifar import load_cifar_fs
 from metalax.data.cifar import load_fc100
 from metalax.data.cub import load_cub
+from metalax.data.dense import DenseData
+from metalax.data.dense import load_cityscapes
+from metalax.data.dense import load_nyuv2
 from metalax.data.download import DownloadError
 from metalax.data.folder import load_image_folder
 from metalax.data.folder import load_npz
@@ -43,6 +46,7 @@ from metalax.data.tiered_imagenet import load_tiered_imagenet
 
 __all__ = (
     "ClassImages",
+    "DenseData",
     "DownloadError",
     "GPTasks",
     "RaggedClassImages",
@@ -55,12 +59,14 @@ __all__ = (
     "gp_predictive",
     "kernel_matrix",
     "load_cifar_fs",
+    "load_cityscapes",
     "load_cub",
     "load_fc100",
     "load_image_folder",
     "load_mini_imagenet",
     "load_mnist",
     "load_npz",
+    "load_nyuv2",
     "load_omniglot",
     "load_tfds",
     "load_tiered_imagenet",
