@@ -21,6 +21,7 @@ MAKERS = {
     "pcgrad": lambda: mtl.pcgrad(KEY),
     "mgda": lambda: mtl.mgda(),
     "mgda_frank_wolfe": lambda: mtl.mgda(method="frank_wolfe"),
+    "mgda_projected": lambda: mtl.mgda(method="projected"),
     "cagrad": lambda: mtl.cagrad(),
     "graddrop": lambda: mtl.graddrop(KEY),
     "imtl_g": lambda: mtl.imtl_g(),
@@ -30,7 +31,7 @@ MAKERS = {
 }
 # What each method returns on T equal gradients g (module docstring).
 EQUAL_REDUCTION = {
-    "linear_scalarization": 3.0, "pcgrad": 3.0, "mgda": 1.0, "mgda_frank_wolfe": 1.0,
+    "linear_scalarization": 3.0, "pcgrad": 3.0, "mgda": 1.0, "mgda_frank_wolfe": 1.0, "mgda_projected": 1.0,
     "cagrad": 1.5 / 1.25, "graddrop": 3.0, "imtl_g": 1.0,
     "aligned_mtl": 3.0, "upgrad": 1.0,
 }
@@ -264,7 +265,7 @@ def _min_norm_numpy(gram):
   return result.x
 
 
-@pytest.mark.parametrize("name,tolerance", [("mgda", 1e-4), ("mgda_frank_wolfe", 2e-3)])
+@pytest.mark.parametrize("name,tolerance", [("mgda", 1e-6), ("mgda_projected", 1e-4), ("mgda_frank_wolfe", 2e-3)])
 def test_mgda_matches_scipy_min_norm_and_kkt(name, tolerance):
   for seed in range(3):
     grads = _random_grads(seed)
@@ -276,6 +277,61 @@ def test_mgda_matches_scipy_min_norm_and_kkt(name, tolerance):
     assert value <= best + tolerance * np.trace(gram)
     # KKT: no task improves on the min-norm point: g_i . d >= |d|^2.
     assert np.all(grads @ update >= value - tolerance * np.trace(gram))
+
+
+def _min_norm_exact(gram):
+  """The min-norm weights by enumerating every support set: the best KKT point with weights >= 0."""
+  num_tasks = gram.shape[0]
+  best, best_weights = np.inf, None
+  for size in range(1, num_tasks + 1):
+    for support in itertools.combinations(range(num_tasks), size):
+      support = list(support)
+      system = np.zeros((size + 1, size + 1))
+      system[:size, :size] = gram[np.ix_(support, support)]
+      system[:size, size] = system[size, :size] = 1.0
+      rhs = np.zeros(size + 1)
+      rhs[size] = 1.0
+      try:
+        solution = np.linalg.solve(system, rhs)[:size]
+      except np.linalg.LinAlgError:
+        continue
+      if np.all(solution >= -1e-12):
+        weights = np.zeros(num_tasks)
+        weights[support] = solution
+        if weights @ gram @ weights < best:
+          best, best_weights = weights @ gram @ weights, weights
+  return best_weights
+
+
+def _conflicting_jacobians(num_tasks, count=4, dim=24):
+  """``[count + 4, T, dim]`` float64: random conflicting Jacobians, then hard cases."""
+  rng = np.random.default_rng(num_tasks)
+  jacobians = rng.normal(size=(count + 4, num_tasks, dim))
+  jacobians[:count, 0] += rng.uniform(0, 6, size=count)[:, None] / np.sqrt(dim)
+  jacobians[count, -1] = jacobians[count, 0]                                  # duplicate gradients
+  jacobians[count + 1, -1] = 0.3 * jacobians[count + 1, 0] + 0.7 * jacobians[count + 1, 1]  # dependent
+  jacobians[count + 2] *= np.logspace(-3, 3, num_tasks)[:, None]              # scales 1e-3 .. 1e3
+  jacobians[count + 3, :, num_tasks // 2:] = 0                                # rank < T: 0 may be in the hull
+  return jacobians
+
+
+def test_mgda_default_is_the_exact_min_norm_point():
+  """Against an exact enumeration of support sets (float64), for 2 to 10 tasks in float32.
+
+  Three compiles: T = 2, 4, and T = 10 for Jacobians of 3 to 10 tasks padded
+  to 10 rows by repeating their first gradient (which leaves the hull, so the
+  min-norm point, unchanged).
+  """
+  padded = [np.concatenate([j, np.repeat(j[:1], 10 - num_tasks, axis=0)])
+            for num_tasks in (3, 5, 7, 10) for j in _conflicting_jacobians(num_tasks, count=2)]
+  for jacobians in (_conflicting_jacobians(2), _conflicting_jacobians(4), np.stack(padded)):
+    weights = jax.jit(jax.vmap(mtl.min_norm_solver))(jnp.asarray(jacobians, jnp.float32))
+    for jacobian, w in zip(jacobians, np.asarray(weights, np.float64)):
+      exact = _min_norm_exact(jacobian @ jacobian.T) @ jacobian
+      assert abs(np.sum(w) - 1) < 1e-6 and np.all(w >= 0)
+      # Relative 2e-6, plus float32 rounding of the gradients where the point is ~0 (0 in the hull).
+      bound = 2e-6 * np.linalg.norm(exact) + 1e-6 * np.linalg.norm(jacobian, axis=1).max()
+      assert np.linalg.norm(w @ jacobian - exact) <= bound, (jacobian.shape, w)
 
 
 def test_mgda_normalizations():
@@ -515,27 +571,31 @@ def test_graddrop_keeps_agreeing_elements_and_drops_by_sign():
 
 def test_float64_gradients_meet_float64_hyperparameters():
   with jax.enable_x64(True):
-    grads = NON_CONFLICTING.astype(np.float64) + np.array([0.0, 1e-3, 2e-3])[:, None]
+    grads = jnp.asarray(NON_CONFLICTING.astype(np.float64) + np.array([0.0, 1e-3, 2e-3])[:, None])
     tight = dict(rtol=1e-13, atol=1e-15)   # float32 hyperparameters are off by ~1e-8
+    run = lambda aggregator, grads, state=None: jax.jit(aggregator.update)(grads, state)
+
     preference = [0.1, 0.3, 0.6]
-    update = _aggregate(mtl.upgrad(preference=preference), grads)   # crashed in the solver's while_loop
+    update, _ = run(mtl.upgrad(preference=preference), grads)   # crashed in the solver's while_loop
     assert update.dtype == np.float64
     np.testing.assert_allclose(update, np.array(preference) @ grads, **tight)
 
-    update = _aggregate(mtl.linear_scalarization([0.1, 0.2, 0.3]), grads)
+    update, _ = run(mtl.linear_scalarization([0.1, 0.2, 0.3]), grads)
     assert update.dtype == np.float64
     np.testing.assert_allclose(update, np.array([0.1, 0.2, 0.3]) @ grads, **tight)
 
     nash = mtl.nash_mtl(3, max_norm=0.0, update_weights_every=2)
     state = nash.init(None)
     assert state.weights.dtype == np.float64
-    first, state = nash.update(jnp.asarray(grads), state)
-    second, state = nash.update(jnp.asarray(grads), state)   # reuses the stored weights
+    step = jax.jit(nash.update)
+    first, state = step(grads, state)
+    second, state = step(grads, state)   # reuses the stored weights
     assert state.weights.dtype == np.float64
     np.testing.assert_allclose(second, first, **tight)
 
     mixed = np.array([[1.0, 3.0], [-0.7, -0.3]])           # every element has mixed signs
-    update = _aggregate(mtl.graddrop(KEY, leak=0.1), mixed)
+    graddrop = mtl.graddrop(KEY, leak=0.1)
+    update, _ = run(graddrop, jnp.asarray(mixed), graddrop.init(None))
     assert update.dtype == np.float64
     keep_positive = mixed[0] + 0.1 * mixed[1]
     keep_negative = 0.1 * mixed[0] + mixed[1]

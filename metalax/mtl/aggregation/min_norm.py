@@ -51,31 +51,131 @@ def _next_point(current, direction):
   return optax.projections.projection_simplex(projected * step + current)
 
 
+METHODS = ("active_set", "projected", "frank_wolfe")
+"""The min-norm solvers: Wolfe's exact active-set method, and Sener & Koltun's two iterations."""
+
+
+def _pair_weights(gram):
+  """The exact two-task weights, each computed directly (no ``1 - gamma`` cancellation)."""
+  a, b, c = gram[0, 0], gram[0, 1], gram[1, 1]
+  denominator = a + c - 2.0 * b
+  safe = jnp.where(denominator > 0, denominator, 1.0)
+  interior = jnp.stack([c - b, a - b]) / safe
+  ends = jnp.where(b >= a, jnp.array([1.0, 0.0], gram.dtype), jnp.array([0.0, 1.0], gram.dtype))
+  return jnp.where((b >= a) | (b >= c), ends, interior)
+
+
+def _affine_minimizer(gram, members):
+  """Weights of the minimum-norm point of the affine hull of the ``members`` (a ``[T]`` bool mask).
+
+  Solves ``[[G_SS, 1], [1^T, 0]] [w_S; -mu] = [0; 1]`` with identity rows for
+  the non-members (whose weights come out 0), a static ``(T + 1)``-square system.
+  """
+  num_tasks = gram.shape[0]
+  ones = members.astype(gram.dtype)
+  reduced = jnp.where(jnp.outer(members, members), gram, 0.0) + jnp.diag(1.0 - ones)
+  system = jnp.block([[reduced, ones[:, None]], [ones[None, :], jnp.zeros((1, 1), gram.dtype)]])
+  rhs = jnp.zeros((num_tasks + 1,), gram.dtype).at[-1].set(1.0)
+  return jnp.linalg.solve(system, rhs)[:num_tasks] * ones
+
+
+def _active_set_weights(gram, max_steps, tolerance):
+  """Wolfe's minimum-norm-point algorithm on the Gram matrix (static shapes, one solve per step).
+
+  Keeps a set ``S`` of affinely independent gradients (the "corral") and weights
+  ``w > 0`` on it. A step computes the minimiser ``v`` of the norm over the
+  affine hull of ``S`` (:func:`_affine_minimizer`). If ``v > 0`` on ``S``, it
+  becomes the point; then if no gradient improves on it (``|x|^2 - g_j . x <=
+  tolerance |g_j| sum_i w_i |g_i|`` for all ``j``, with ``x = sum_i w_i g_i``:
+  the rounding error of ``g_j . x``) it is the solution, else the most
+  improving ``g_j`` joins ``S``. Otherwise the point moves from
+  ``w`` towards ``v`` to the first weight that reaches zero and that gradient
+  leaves ``S``. Each step strictly decreases the norm or shrinks ``S``, so
+  the method ends, in practice after about ``|S*|`` to ``2 |S*|`` steps.
+  """
+  num_tasks = gram.shape[0]
+  scale = jnp.max(jnp.diag(gram))
+  gram = gram / jnp.where(scale > 0, scale, 1.0)   # max |g_i|^2 = 1
+  norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0.0))
+  start = jnp.argmin(jnp.diag(gram))
+  members = jax.nn.one_hot(start, num_tasks, dtype=bool)
+  weights = members.astype(gram.dtype)
+  index = jnp.arange(num_tasks)
+
+  def body(carry):
+    i, members, weights, _ = carry
+    v = _affine_minimizer(gram, members)
+    finite = jnp.all(jnp.isfinite(v))   # a singular system (numerically dependent corral): stop
+    inside = jnp.all(jnp.where(members, v > 0, True)) & finite
+    # v is inside the simplex: stop, or add the gradient that improves most on x = sum v_i g_i:
+    # g_j improves if |x|^2 - g_j . x exceeds the rounding of g_j . x, ~ |g_j| sum_i v_i |g_i|.
+    dots = gram @ v
+    improvement = v @ dots - dots
+    rounding = tolerance * norms * (v @ norms)
+    improves = improvement > rounding
+    best = jnp.argmax(jnp.where(improves, improvement, -jnp.inf))
+    optimal = ~jnp.any(improves) | members[best]
+    grown = members | ((index == best) & ~optimal)
+    # v is outside: walk from w towards v to the first zero weight, and drop it.
+    ratios = jnp.where(members & (v <= 0), weights / jnp.maximum(weights - v, 1e-30), jnp.inf)
+    leaving = jnp.argmin(ratios)
+    walked = weights + ratios[leaving] * (v - weights)
+    shrunk = members & (walked > 0) & (index != leaving)
+    walked = jnp.where(shrunk, walked, 0.0)
+    walked = walked / jnp.sum(walked)
+    new_weights = jnp.where(inside, v, jnp.where(finite, walked, weights))
+    return i + 1, jnp.where(inside, grown, shrunk), new_weights, (inside & optimal) | ~finite
+
+  def cond(carry):
+    i, _, _, done = carry
+    return (i < max_steps) & ~done
+
+  _, _, weights, _ = jax.lax.while_loop(
+      cond, body, (jnp.zeros((), jnp.int32), members, weights, jnp.zeros((), bool)))
+  return weights
+
+
 def min_norm_solver(
     grads: jax.Array,
     *,
-    method: str = "projected",
+    method: str = "active_set",
     max_steps: int = 250,
-    tolerance: float = 1e-5,
+    tolerance: float | None = None,
 ) -> jax.Array:
   r"""Weights of the minimum-norm point of the convex hull of the rows of ``grads``.
 
-  Solves :math:`\min_{w \in \Delta_T} \|\sum_i w_i g_i\|^2` as Sener & Koltun's
-  ``MinNormSolver``: start from the best pair of tasks (the exact two-task
-  solution :math:`\gamma = \mathrm{clip}((g_2 - g_1) \cdot g_2 / \|g_1 - g_2\|^2,
-  0, 1)`, optimal when ``T = 2``), then iterate on the ``[T, T]`` Gram matrix
-  with an exact line search until the weights change by less than
-  ``tolerance`` (L1) or ``max_steps`` steps:
+  Solves :math:`\min_{w \in \Delta_T} \|\sum_i w_i g_i\|^2` on the ``[T, T]``
+  Gram matrix. Three methods:
 
-  * ``method="projected"``: their ``find_min_norm_element``, a projected
-    gradient step onto the simplex; what their training code, LibMTL and the
-    Nash-MTL code call.
+  * ``method="active_set"`` (the default): Wolfe's minimum-norm-point
+    algorithm, an active-set method that is exact once it has found the
+    gradients with positive weight (each step solves the ``(T + 1)``-square
+    KKT system of the current set; static shapes, a ``while_loop`` of about
+    ``|support|`` to ``2 |support|`` steps). It stops when no gradient improves
+    on the current point ``x`` by more than the rounding error of ``g_j . x``,
+    ``tolerance |g_j| sum_i w_i |g_i|`` (default ``10 * eps`` of the dtype). Against an exact enumeration
+    of active sets (float64) on conflicting Jacobians of 2 to 10 tasks, the
+    float32 update ``sum_i w_i g_i`` is within 1e-6 (relative) of the exact
+    min-norm point (tested at 2e-6); duplicate and linearly dependent
+    gradients, gradients of very different scales and Jacobians whose hull
+    contains the origin are handled.
+  * ``method="projected"``: Sener & Koltun's ``find_min_norm_element``, a
+    projected gradient step onto the simplex with an exact line search, from
+    the best pair of tasks, until the weights change by less than
+    ``tolerance`` (L1; default their ``STOP_CRIT = 1e-5``) or ``max_steps``
+    steps; what their training code, LibMTL and the Nash-MTL code call.
   * ``method="frank_wolfe"``: their ``find_min_norm_element_FW``, the
-    Frank-Wolfe iteration of the paper's Algorithm 2.
+    Frank-Wolfe iteration of the paper's Algorithm 2, with the same start and
+    stopping rule.
 
-  Differences from the reference code: the two-point line search clips to
-  ``[0, 1]`` where theirs returns 0.999 or 0.001 at the ends, and the loop is
-  capped at ``max_steps`` (theirs never increments its counter).
+  The two iterations are sublinear: with their stopping rule they end up to
+  1e-4 (``"projected"``, ``T <= 6``) and 0.3 (both, ``T = 7..10``) away
+  (relative) from the exact point on the same Jacobians in float32, and
+  tighter tolerances stall well before machine precision. They are kept as
+  transcriptions of the reference. Differences from the reference code: the
+  two-point line search clips to ``[0, 1]`` where theirs returns 0.999 or
+  0.001 at the ends, and the loop is capped at ``max_steps`` (theirs never
+  increments its counter).
 
   MGDA-UB is this solver applied to the gradients of the task losses with
   respect to the shared representation ``z = encoder(params, inputs)``: flatten
@@ -84,9 +184,9 @@ def min_norm_solver(
 
   Args:
     grads: ``[T, D]`` one (flattened) gradient per row.
-    method: ``"projected"`` or ``"frank_wolfe"``.
+    method: ``"active_set"``, ``"projected"`` or ``"frank_wolfe"``.
     max_steps: iteration cap (the reference's ``MAX_ITER = 250``).
-    tolerance: stop when ``sum |w_new - w| < tolerance`` (``STOP_CRIT = 1e-5``).
+    tolerance: the stopping tolerance of the method (see above); None for its default.
 
   Returns:
     ``[T]`` weights on the simplex.
@@ -96,7 +196,8 @@ def min_norm_solver(
 
   References:
     Sener & Koltun, Multi-Task Learning as Multi-Objective Optimization,
-    NeurIPS 2018 (Algorithm 2; code: github.com/isl-org/MultiObjectiveOptimization).
+    NeurIPS 2018 (Algorithm 2; code: github.com/isl-org/MultiObjectiveOptimization);
+    Wolfe, Finding the nearest point in a polytope, Mathematical Programming, 1976.
   """
   if not hasattr(grads, "ndim") or grads.ndim != 2:
     raise ValueError(f"grads must have shape [T, D], got {getattr(grads, 'shape', grads)}.")
@@ -105,12 +206,21 @@ def min_norm_solver(
   return _min_norm_weights(gram, method=method, max_steps=max_steps, tolerance=tolerance)
 
 
-def _min_norm_weights(gram, *, method="projected", max_steps=250, tolerance=1e-5):
-  if method not in ("projected", "frank_wolfe"):
-    raise ValueError(f"method must be 'projected' or 'frank_wolfe', got {method!r}.")
+def _min_norm_weights(gram, *, method="active_set", max_steps=250, tolerance=None):
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
   num_tasks = gram.shape[0]
   if num_tasks == 1:
     return jnp.ones((1,), gram.dtype)
+  if method == "active_set" and num_tasks == 2:
+    return _pair_weights(gram)
+  if method == "active_set":
+    if tolerance is None:
+      tolerance = 10 * jnp.finfo(gram.dtype).eps
+    return _active_set_weights(gram, max_steps, tolerance)
+  if tolerance is None:
+    tolerance = 1e-5
+  # The best pair of tasks, in closed form: the solution when T = 2, the start of the iterations.
   first, second = jnp.triu_indices(num_tasks, 1)
   gammas, costs = _min_norm_2(gram[first, first], gram[first, second], gram[second, second])
   best = jnp.argmin(costs)
@@ -153,9 +263,9 @@ def _min_norm_weights(gram, *, method="projected", max_steps=250, tolerance=1e-5
 def mgda(
     *,
     normalization: str = "none",
-    method: str = "projected",
+    method: str = "active_set",
     max_steps: int = 250,
-    tolerance: float = 1e-5,
+    tolerance: float | None = None,
 ) -> Aggregator:
   r"""Multiple Gradient Descent Algorithm, MGDA (Sener & Koltun, 2018).
 
@@ -177,9 +287,10 @@ def mgda(
 
   Args:
     normalization: ``"none"``, ``"l2"``, ``"loss"`` or ``"loss+"``.
-    method: ``"projected"`` or ``"frank_wolfe"``, see :func:`min_norm_solver`.
+    method: ``"active_set"`` (exact), ``"projected"`` or ``"frank_wolfe"``
+      (Sener & Koltun's iterations), see :func:`min_norm_solver`.
     max_steps: iteration cap of the solver.
-    tolerance: stopping tolerance of the solver.
+    tolerance: stopping tolerance of the solver; None for the method's default.
 
   Returns:
     A stateless aggregator; ``update(task_grads, state, params=None, *,
@@ -192,8 +303,8 @@ def mgda(
   if normalization not in ("none", "l2", "loss", "loss+"):
     raise ValueError(
         f"normalization must be 'none', 'l2', 'loss' or 'loss+', got {normalization!r}.")
-  if method not in ("projected", "frank_wolfe"):
-    raise ValueError(f"method must be 'projected' or 'frank_wolfe', got {method!r}.")
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
 
   def update_fn(task_grads, state, params=None, *, task_losses=None, **extra_args):
     del params, extra_args
