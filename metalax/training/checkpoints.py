@@ -60,7 +60,8 @@ def checkpoint_manager(directory: str, max_to_keep: int = 2, *, best_metric: str
 
   Raises:
     ValueError: for ``max_to_keep < 1``, an unknown ``best_mode``, or a
-      directory whose checkpoints were ranked by another metric or mode.
+      directory whose checkpoints were ranked by another metric or mode (or
+      ranked at all, when ``best_metric`` is None).
   """
   if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
     raise ValueError(f"max_to_keep must be an int >= 1, got {max_to_keep!r}.")
@@ -68,7 +69,12 @@ def checkpoint_manager(directory: str, max_to_keep: int = 2, *, best_metric: str
     raise ValueError(f"best_mode must be max or min, got {best_mode!r}.")
   directory = os.path.abspath(directory)
   latest = checkpoint_managers.LatestN(n=max_to_keep)
+  recorded = _recorded_ranking(directory)
   if best_metric is None:
+    if recorded:  # keeping only the latest steps would delete the best one
+      raise ValueError(f"the checkpoints in {directory} are ranked by {recorded['best_metric']} "
+                       f"({recorded['best_mode']}); pass best_metric={recorded['best_metric']!r}, "
+                       f"best_mode={recorded['best_mode']!r}, or use another directory.")
     options = ocp.CheckpointManagerOptions(create=True, preservation_policy=latest)
     return ocp.CheckpointManager(directory, options=options)
   metric = _best_metric_fn(best_metric, best_mode)
@@ -78,7 +84,6 @@ def checkpoint_manager(directory: str, max_to_keep: int = 2, *, best_metric: str
       create=True, best_fn=metric, best_mode=best_mode,
       preservation_policy=checkpoint_managers.AnyPreservationPolicy([latest, best]))
   ranking = {"best_metric": best_metric, "best_mode": best_mode}
-  recorded = _recorded_ranking(directory)
   if recorded and recorded != ranking:
     raise ValueError(f"the checkpoints in {directory} are ranked by {recorded['best_metric']} "
                      f"({recorded['best_mode']}), not {best_metric} ({best_mode}); use another directory.")

@@ -152,6 +152,8 @@ def test_best_metric_errors(tmp_path):
   loop(tmp_path / "c", best_metric="loss", best_mode="min", num_iterations=5, on_nan="skip")
   with pytest.raises(ValueError, match="ranked by loss \\(min\\), not loss \\(max\\)"):
     loop(tmp_path / "c", best_metric="loss", best_mode="max", num_iterations=10, on_nan="skip")
+  with pytest.raises(ValueError, match="ranked by loss \\(min\\); pass best_metric='loss', best_mode='min'"):
+    loop(tmp_path / "c", num_iterations=10, on_nan="skip")
   for name, value in (("num_iterations", 0), ("steps_per_call", 1.5), ("checkpoint_every", True)):
     with pytest.raises(ValueError, match=f"{name} must be an int >= 1"):
       loop(tmp_path / "d", **{"num_iterations": 5, name: value})
