@@ -30,6 +30,7 @@ Usage:
   python benchmarks/mtl_speed.py                      # T = 2, 10, 40; all methods
   python benchmarks/mtl_speed.py --tasks=10 --methods=pcgrad,mgda --threads=2
   python benchmarks/mtl_speed.py --libmtl_dir=/tmp/libmtl_site   # LibMTL's own classes as the peer
+  python benchmarks/mtl_speed.py --methods=gradvac,fairgrad,db_mtl,config,dualproj   # needs qpsolvers, quadprog
 """
 
 import argparse
@@ -74,10 +75,15 @@ import peer_libmtl  # noqa: E402
 from metalax import mtl  # noqa: E402
 
 AGGREGATORS = {
-    "pcgrad": lambda: mtl.pcgrad(jax.random.PRNGKey(0)),
-    "mgda": lambda: mtl.mgda(),
-    "cagrad": lambda: mtl.cagrad(0.5),
-    "imtl_g": lambda: mtl.imtl_g(),
+    "pcgrad": lambda num_tasks: mtl.pcgrad(jax.random.PRNGKey(0)),
+    "mgda": lambda num_tasks: mtl.mgda(),
+    "cagrad": lambda num_tasks: mtl.cagrad(0.5),
+    "imtl_g": lambda num_tasks: mtl.imtl_g(),
+    "gradvac": lambda num_tasks: mtl.gradvac(jax.random.PRNGKey(0), num_tasks),
+    "fairgrad": lambda num_tasks: mtl.fairgrad(1.0, max_norm=0.0),  # LibMTL's: no clipping
+    "db_mtl": lambda num_tasks: mtl.db_mtl(num_tasks),
+    "config": lambda num_tasks: mtl.conflict_free(),
+    "dualproj": lambda num_tasks: mtl.dualproj(),
 }
 
 
@@ -99,7 +105,7 @@ def jax_step(method: str, num_tasks: int, hidden: tuple[int, ...], input_dim: in
     outputs = z @ params["heads"]["w"].T + params["heads"]["b"]  # [n, T]
     return jnp.mean((outputs - targets) ** 2, axis=0)
 
-  aggregator = AGGREGATORS[method]() if method != "ew" else None
+  aggregator = AGGREGATORS[method](num_tasks) if method != "ew" else None
   state = {"params": params, "opt_state": optimizer.init(params),
            "agg_state": aggregator.init(params["trunk"]) if aggregator else ()}
 
@@ -111,7 +117,8 @@ def jax_step(method: str, num_tasks: int, hidden: tuple[int, ...], input_dim: in
       agg_state = state["agg_state"]
     else:
       losses, task_grads = mtl.task_gradients(task_losses, params, inputs, targets)
-      trunk, agg_state = aggregator.update(task_grads["trunk"], state["agg_state"], params["trunk"])
+      trunk, agg_state = aggregator.update(task_grads["trunk"], state["agg_state"], params["trunk"],
+                                           **({"task_losses": losses} if method == "db_mtl" else {}))
       grads = {"trunk": trunk, "heads": jax.tree.map(lambda g: g.sum(0), task_grads["heads"])}
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
     return {"params": optax.apply_updates(params, updates), "opt_state": opt_state,

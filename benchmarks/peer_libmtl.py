@@ -12,8 +12,13 @@ sharing model (``LibMTL/weighting/abstract_weighting.py``):
   the task heads accumulate their gradients over the ``T`` passes (their sum);
 * the method's aggregation on that matrix, as LibMTL's ``PCGrad``, ``MGDA``
   (``MinNormSolver``, ``mgda_gn="none"``), ``CAGrad`` (SciPy SLSQP on the
-  dual, ``calpha=0.5``, ``rescale=1``) and ``IMTL`` (the gradient part's closed
-  form; LibMTL also learns IMTL-L loss scales, left out here as in metalax's ``imtl_g``);
+  dual, ``calpha=0.5``, ``rescale=1``), ``IMTL`` (the gradient part's closed
+  form; LibMTL also learns IMTL-L loss scales, left out here as in metalax's ``imtl_g``),
+  ``GradVac`` (whole-model goals, ``beta=0.5``), ``FairGrad`` (SciPy ``least_squares``,
+  ``alpha=1``) and ``DB_MTL`` (``beta=0.9``, the log-loss gradients as ``g / (L + 1e-8)``
+  of the raw ones), and TorchJD's ``ConFIG`` (``torch.linalg.pinv``) and ``DualProj``
+  (``quadprog`` through ``qpsolvers``); as on the metalax side, the heads get the plain sum
+  (LibMTL's FairGrad and DB-MTL backpropagate weighted or log losses to them);
 * ``_reset_grad`` writes the aggregated vector back and the optimizer steps.
 
 ``EW`` (equal weighting) is one backward pass of the summed loss, as LibMTL.
@@ -35,7 +40,7 @@ import numpy as np
 import torch
 from scipy import optimize
 
-METHODS = ("ew", "pcgrad", "mgda", "cagrad", "imtl_g")
+METHODS = ("ew", "pcgrad", "mgda", "cagrad", "imtl_g", "gradvac", "fairgrad", "db_mtl", "config", "dualproj")
 
 
 class HardSharing(torch.nn.Module):
@@ -172,8 +177,80 @@ def _imtl_g(grads: torch.Tensor) -> torch.Tensor:
   return alpha @ grads
 
 
+def _make_gradvac(num_tasks: int, beta: float = 0.5) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+  """LibMTL's GradVac (``GradVac_group_type=0``, the whole model): PCGrad towards EMA similarity goals."""
+  rho = torch.zeros(num_tasks, num_tasks)
+
+  def aggregate(grads, losses):
+    del losses
+    pc_grads = grads.clone()
+    for i in range(num_tasks):
+      others = [j for j in range(num_tasks) if j != i]
+      random.shuffle(others)
+      for j in others:
+        rho_ij = torch.dot(pc_grads[i], grads[j]) / (pc_grads[i].norm() * grads[j].norm() + 1e-8)
+        if rho_ij < rho[i, j]:
+          w = (pc_grads[i].norm() * (rho[i, j] * (1 - rho_ij**2).sqrt() - rho_ij * (1 - rho[i, j]**2).sqrt())
+               / (grads[j].norm() * (1 - rho[i, j]**2).sqrt() + 1e-8))
+          pc_grads[i] += grads[j] * w
+        rho[i, j] = (1 - beta) * rho[i, j] + beta * rho_ij
+    return pc_grads.sum(0)
+
+  return aggregate
+
+
+def _fairgrad(grads: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+  """LibMTL's FairGrad: ``least_squares`` on ``G w - w^(-1/alpha)`` from ``w = 1/T``, ``w >= 0``."""
+  gram = (grads @ grads.t()).numpy()
+  x_start = np.ones(grads.shape[0]) / grads.shape[0]
+  w = optimize.least_squares(lambda x: gram @ x - np.power(1 / x, 1 / alpha), x_start, bounds=(0, np.inf)).x
+  return torch.from_numpy(w).to(grads.dtype) @ grads
+
+
+def _make_db_mtl(num_tasks: int, dim: int, beta: float = 0.9, beta_sigma: float = 0.0):
+  """LibMTL's DB_MTL: EMA of the log-loss gradients, each task scaled to the largest norm."""
+  buffer = torch.zeros(num_tasks, dim)
+  step = [0]
+
+  def aggregate(grads, losses):
+    nonlocal buffer
+    step[0] += 1
+    batch_grads = grads / (losses.detach()[:, None] + 1e-8)  # the gradients of log(L + 1e-8)
+    buffer = batch_grads + (beta / step[0]**beta_sigma) * (buffer - batch_grads)
+    norms = buffer.norm(dim=-1)
+    alpha = norms.max() / (norms + 1e-8)
+    return sum(alpha[i] * buffer[i] for i in range(num_tasks))
+
+  return aggregate
+
+
+def _config(grads: torch.Tensor) -> torch.Tensor:
+  """TorchJD's ConFIG (preference all ones)."""
+  units = torch.nan_to_num(grads / grads.norm(dim=1).unsqueeze(1), 0.0)
+  best = torch.linalg.pinv(units) @ torch.ones(grads.shape[0], dtype=grads.dtype)
+  unit = torch.nn.functional.normalize(best, dim=0)
+  return torch.sum(grads @ unit) * unit
+
+
+def _dualproj(grads: torch.Tensor, norm_eps: float = 1e-4, reg_eps: float = 1e-4) -> torch.Tensor:
+  """TorchJD's DualProj: the mean projected onto the dual cone, ``quadprog`` on the normalised Gram matrix."""
+  from qpsolvers import solve_qp  # only this method needs it
+  num_tasks = grads.shape[0]
+  gram = grads @ grads.t()
+  trace = gram.diagonal().sum()
+  gram = torch.zeros_like(gram) if trace < norm_eps else gram / trace
+  gram = (gram + reg_eps * torch.eye(num_tasks)).double().numpy()
+  u = np.full(num_tasks, 1.0 / num_tasks)
+  w = solve_qp(gram, np.zeros(num_tasks), -np.eye(num_tasks), -u, solver="quadprog")
+  return torch.from_numpy(w).to(grads.dtype) @ grads
+
+
 AGGREGATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "pcgrad": _pcgrad, "mgda": _mgda, "cagrad": _cagrad, "imtl_g": _imtl_g}
+    "pcgrad": _pcgrad, "mgda": _mgda, "cagrad": _cagrad, "imtl_g": _imtl_g, "fairgrad": _fairgrad,
+    "config": _config, "dualproj": _dualproj}
+# Methods with state across steps: built per model, ``aggregate(grads [T, D], losses [T])``.
+STATEFUL = {"gradvac": lambda num_tasks, dim: _make_gradvac(num_tasks),
+            "db_mtl": lambda num_tasks, dim: _make_db_mtl(num_tasks, dim)}
 
 
 def make_step(model: HardSharing, method: str, lr: float = 1e-3) -> Callable[[torch.Tensor, torch.Tensor], float]:
@@ -183,6 +260,11 @@ def make_step(model: HardSharing, method: str, lr: float = 1e-3) -> Callable[[to
   optimizer = torch.optim.Adam(model.parameters(), lr=lr)
   shared = list(model.encoder.parameters())
   sizes = [p.numel() for p in shared]
+  num_tasks = len(model.decoders)
+  if method in STATEFUL:
+    aggregate = STATEFUL[method](num_tasks, sum(sizes))
+  elif method != "ew":
+    aggregate = lambda grads, losses: AGGREGATIONS[method](grads)
 
   def step(inputs, targets):
     optimizer.zero_grad()
@@ -197,7 +279,7 @@ def make_step(model: HardSharing, method: str, lr: float = 1e-3) -> Callable[[to
         grads[t] = torch.cat([p.grad.view(-1) for p in shared])
         for p in shared:
           p.grad.zero_()
-      new_grads = AGGREGATIONS[method](grads)
+      new_grads = aggregate(grads, losses)
       for p, g in zip(shared, torch.split(new_grads, sizes)):  # _reset_grad
         p.grad.data = g.view(p.shape).clone()
     optimizer.step()
