@@ -121,10 +121,30 @@ def check_episode(episode: Episode, batch_dims: int = 0) -> None:
   batch of episodes, share the task axis.
 
   Raises:
-    ValueError: naming the field, the expected shape and the shape received.
+    ValueError: naming the field, the expected shape and the shape received;
+      for ``batch_dims=1``, saying so when ``episode`` is one unbatched episode.
   """
   if not isinstance(episode, Episode):
     raise ValueError(f"expected a metalax.types.Episode, got {type(episode).__name__}.")
+  if batch_dims:
+    try:
+      _check_episode(episode, batch_dims)
+    except ValueError as error:
+      try:
+        _check_episode(episode, 0)
+      except ValueError:
+        raise error from None
+      raise ValueError(
+          "expected a batch of episodes with a leading task axis [B] on every field, got one "
+          f"unbatched episode (support inputs {tuple(episode.support.inputs.shape)}, labels "
+          f"{tuple(episode.support.labels.shape)}): add the axis with "
+          "jax.tree.map(lambda x: x[None], episode), or use metalax.meta.episode_loss for one "
+          "episode.") from None
+  else:
+    _check_episode(episode, batch_dims)
+
+
+def _check_episode(episode: Episode, batch_dims: int) -> None:
   check_batch(episode.support, "episode.support", batch_dims)
   check_batch(episode.query, "episode.query", batch_dims)
   support, query = episode.support, episode.query

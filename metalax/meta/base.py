@@ -30,6 +30,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from metalax import losses
@@ -64,12 +65,22 @@ class MetaLearner(NamedTuple):
   ``key`` is an optional keyword PRNG key (``jax.random.key``) for stochastic
   models; ``None`` (the default) is deterministic. See the module docstring
   for how a learner splits it.
+
+  Attributes (optional):
+    validate: ``validate(episodes) -> None`` for a ``[B]`` batch of episodes:
+      checks what shapes cannot show, e.g. that class labels lie in ``[0,
+      num_ways)`` and every class has support examples, and raises
+      ``ValueError``. :func:`episode_loss`, :func:`batch_loss`,
+      :func:`train_step` and :func:`evaluate` call it when the episodes are
+      concrete arrays (not traced: outside ``jit``); under ``jit`` the values
+      are unknown and such mistakes go unseen, as each learner documents.
   """
 
   init: Callable[[Params], MetaParams]
   adapt: Callable[..., TaskParams]
   predict: Callable[[TaskParams, jax.Array], jax.Array]
   loss: Callable[[MetaParams, Episode], tuple[jax.Array, Aux]]
+  validate: Callable[[Episode], None] | None = None
 
 
 def split_key(key: jax.Array | None, num: int = 2) -> tuple[jax.Array | None, ...]:
@@ -148,6 +159,7 @@ def episode_loss(learner: MetaLearner) -> Callable[[MetaParams, Episode], tuple[
 
   def loss(meta_params: MetaParams, episode: Episode, key: jax.Array | None = None) -> tuple[jax.Array, Aux]:
     check_episode(episode, batch_dims=0)
+    _validate(learner, jax.tree.map(lambda x: x[None], episode))
     return _learner_loss(learner, meta_params, episode, key)
 
   return loss
@@ -176,11 +188,29 @@ def batch_loss(learner: MetaLearner) -> Callable[[MetaParams, Episode], tuple[ja
   per_task = _per_task_loss(learner)
 
   def loss(meta_params: MetaParams, episodes: Episode, key: jax.Array | None = None) -> tuple[jax.Array, Aux]:
-    check_episode(episodes, batch_dims=1)
+    _check_episodes(learner, episodes)
     objectives, aux = per_task(meta_params, episodes, _task_keys(key, episodes))
     return jnp.mean(objectives), jax.tree.map(jnp.mean, aux)
 
   return loss
+
+
+def _check_episodes(learner: MetaLearner, episodes: Episode) -> None:
+  """Shapes of a ``[B]`` batch of episodes, then the learner's value checks when they are concrete."""
+  check_episode(episodes, batch_dims=1)
+  _validate(learner, episodes)
+
+
+def _validate(learner: MetaLearner, episodes: Episode) -> None:
+  """``learner.validate(episodes)`` and a check of non-negative class labels, unless traced."""
+  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(episodes)):
+    return
+  for name, labels in (("support", episodes.support.labels), ("query", episodes.query.labels)):
+    if is_classification(labels) and labels.size and np.min(np.asarray(labels)) < 0:
+      raise ValueError(f"episode {name} labels must be class indices >= 0, got a minimum of "
+                       f"{np.min(np.asarray(labels))}.")
+  if getattr(learner, "validate", None) is not None:
+    learner.validate(episodes)
 
 
 def _learner_loss(learner: MetaLearner, meta_params: MetaParams, episode: Episode,
@@ -256,11 +286,11 @@ def train_step(learner: MetaLearner, optimizer: optax.GradientTransformation, *,
   keyed_grad_fn = jax.value_and_grad(keyed_loss, has_aux=True)
 
   def grad_fn(meta_params, episodes, key):
-    check_episode(episodes, batch_dims=1)
+    _check_episodes(learner, episodes)
     return keyed_grad_fn(meta_params, episodes, _task_keys(key, episodes))
 
   def chunked_grad_fn(meta_params, episodes, key):
-    check_episode(episodes, batch_dims=1)
+    _check_episodes(learner, episodes)
     num_tasks = jax.tree.leaves(episodes)[0].shape[0]
     if num_tasks % tasks_per_chunk:
       raise ValueError(f"tasks_per_chunk={tasks_per_chunk} must divide the meta-batch size, got {num_tasks} "
@@ -322,7 +352,7 @@ def evaluate(learner: MetaLearner, num_steps: Sequence[int] | None = None
   batched = jax.vmap(per_episode, in_axes=(None, 0, 0), out_axes=-1)
 
   def run(meta_params: MetaParams, episodes: Episode, key: jax.Array | None = None) -> Aux:
-    check_episode(episodes, batch_dims=1)
+    _check_episodes(learner, episodes)
     return batched(meta_params, episodes, _task_keys(key, episodes))
 
   return run

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from metalax import losses
 from metalax.meta.base import MetaLearner, MetaParams, TaskParams, query_loss, split_key
-from metalax.meta.metric import EmbedFn, _check_num_ways, _embed
+from metalax.meta.metric import EmbedFn, _check_num_ways, _embed, _validator
 from metalax.types import Batch, Params, is_classification
 
 ModelFn = Callable[..., jax.Array]
@@ -138,7 +138,8 @@ def blackbox(embed_fn: EmbedFn, model_fn: ModelFn | nn.Module | None = None, *, 
       it cannot complete (no ``"embed"`` and ``"model"`` entries, and no module
       with ``embedding_dim`` to initialise); when adapting or predicting, if
       the support labels are not ``[n]`` ints, the embeddings are not ``[n,
-      d]`` or the logits are not ``[n, num_ways]``.
+      d]`` or the logits are not ``[n, num_ways]``; from the generic functions
+      on concrete episodes, as :func:`~metalax.meta.protonet`.
 
   Example:
     >>> embedder = metalax.models.MLP(features=(64,), num_outputs=32)
@@ -216,7 +217,8 @@ def blackbox(embed_fn: EmbedFn, model_fn: ModelFn | nn.Module | None = None, *, 
     return logits
 
   return MetaLearner(init=init, adapt=adapt, predict=predict,
-                     loss=query_loss(adapt, predict, losses.cross_entropy))
+                     loss=query_loss(adapt, predict, losses.cross_entropy),
+                     validate=_validator(num_ways, "blackbox"))
 
 
 def _takes_key(fn) -> bool:

@@ -13,12 +13,17 @@ PRNG key (a stochastic ``embed_fn``), ``adapt`` and ``predict`` pass it on as
 Every learner takes ``embed_fn(params, inputs [n, ...]) -> embeddings [n, d]``
 and a static ``num_ways``: class statistics come from a one-hot matrix
 ``[n_support, num_ways]``, so shapes never depend on the labels' values.
-Support labels must be int class indices in ``[0, num_ways)``; a label outside
-that range cannot be detected under ``jit`` and is silently dropped by the
-one-hot encoding. A class with no support example gets the logit ``-inf``
-(:func:`matching_net`, :func:`nearest_neighbour`) or a prototype at the origin
-(:func:`protonet`); episodes from :func:`metalax.episodes.sample_episodes`
-always have ``num_shots`` examples of every class.
+Labels must be int class indices in ``[0, num_ways)``, and every class must
+have support examples: an episode of another number of ways is a mistake.
+Each learner's ``validate`` checks this, and :func:`metalax.meta.batch_loss`,
+:func:`~metalax.meta.episode_loss`, :func:`~metalax.meta.train_step` and
+:func:`~metalax.meta.evaluate` call it (``ValueError``) whenever the episodes
+are concrete arrays. Under ``jit`` the values are unknown: a label outside the
+range is then silently dropped by the one-hot encoding, and a class with no
+support example gets the logit ``-inf`` (:func:`matching_net`,
+:func:`nearest_neighbour`) or a prototype at the origin (:func:`protonet`);
+episodes from :func:`metalax.episodes.sample_episodes` always have
+``num_shots`` examples of every class.
 
 The meta-parameters are ``{"params": params}``, plus the learned scalars that
 a learner documents (``"log_temperature"``; ``"scale"`` and ``"bias"`` for
@@ -76,7 +81,9 @@ def protonet(embed_fn: EmbedFn, *, num_ways: int, distance: str = "squared_eucli
   Raises:
     ValueError: if ``num_ways`` is not an int >= 2, ``distance`` is unknown or
       ``temperature`` is not positive; when adapting, if the support labels are
-      not ``[n]`` ints or the embeddings are not ``[n, d]``.
+      not ``[n]`` ints or the embeddings are not ``[n, d]``; from the generic
+      functions on concrete episodes (``validate``), if labels lie outside
+      ``[0, num_ways)`` or a support set lacks a class.
 
   Example:
     >>> model = metalax.models.MLP(features=(64,), num_outputs=32)
@@ -105,7 +112,8 @@ def protonet(embed_fn: EmbedFn, *, num_ways: int, distance: str = "squared_eucli
     return _similarity(embeddings, task_params["prototypes"], distance) / task_params["temperature"]
 
   return MetaLearner(init=init, adapt=adapt, predict=predict,
-                     loss=query_loss(adapt, predict, losses.cross_entropy))
+                     loss=query_loss(adapt, predict, losses.cross_entropy),
+                     validate=_validator(num_ways, "protonet"))
 
 
 def matching_net(embed_fn: EmbedFn, *, num_ways: int, temperature: float = 1.0,
@@ -171,7 +179,8 @@ def matching_net(embed_fn: EmbedFn, *, num_ways: int, temperature: float = 1.0,
     return per_class - jax.nn.logsumexp(scores, axis=-1, keepdims=True)
 
   return MetaLearner(init=init, adapt=adapt, predict=predict,
-                     loss=query_loss(adapt, predict, losses.cross_entropy))
+                     loss=query_loss(adapt, predict, losses.cross_entropy),
+                     validate=_validator(num_ways, "matching_net"))
 
 
 def nearest_neighbour(embed_fn: EmbedFn, *, num_ways: int, k: int = 1,
@@ -252,7 +261,8 @@ def nearest_neighbour(embed_fn: EmbedFn, *, num_ways: int, k: int = 1,
     return jnp.where(count > 0, mean, -jnp.inf) / task_params["temperature"]
 
   return MetaLearner(init=init, adapt=adapt, predict=predict,
-                     loss=query_loss(adapt, predict, losses.cross_entropy))
+                     loss=query_loss(adapt, predict, losses.cross_entropy),
+                     validate=_validator(num_ways, "nearest_neighbour"))
 
 
 def r2d2(embed_fn: EmbedFn, *, num_ways: int, reg: float = 50.0, scale: float = 10.0,
@@ -351,7 +361,8 @@ def r2d2(embed_fn: EmbedFn, *, num_ways: int, reg: float = 50.0, scale: float = 
     return task_params["scale"] * (_with_ones(embeddings) @ weights) + task_params["bias"]
 
   return MetaLearner(init=init, adapt=adapt, predict=predict,
-                     loss=query_loss(adapt, predict, losses.cross_entropy))
+                     loss=query_loss(adapt, predict, losses.cross_entropy),
+                     validate=_validator(num_ways, "r2d2"))
 
 
 # Shared pieces (also used by metalax.meta.blackbox).
@@ -361,6 +372,30 @@ def _check_num_ways(num_ways: Any) -> int:
   if isinstance(num_ways, bool) or not isinstance(num_ways, (int, np.integer)) or num_ways < 2:
     raise ValueError(f"num_ways must be a static int >= 2, got {num_ways!r}.")
   return int(num_ways)
+
+
+def _validator(num_ways: int, who: str):
+  """``validate(episodes [B])``: labels in ``[0, num_ways)`` and all ``num_ways`` classes in every support set."""
+
+  def validate(episodes) -> None:
+    for name in ("support", "query"):
+      labels = getattr(episodes, name).labels
+      if labels.ndim != 2 or not is_classification(labels) or not labels.size:
+        return   # the shapes are checked (and reported) when tracing
+      labels = np.asarray(labels)
+      if labels.min() < 0 or labels.max() >= num_ways:
+        raise ValueError(
+            f"{who}(num_ways={num_ways}): {name} labels must lie in [0, {num_ways}), got labels "
+            f"from {labels.min()} to {labels.max()}.")
+    for index, labels in enumerate(np.asarray(episodes.support.labels)):
+      present = np.unique(labels)
+      if len(present) != num_ways:
+        raise ValueError(
+            f"{who}(num_ways={num_ways}): the support set of episode {index} has "
+            f"{len(present)} classes {present.tolist()}; every support set needs examples of all "
+            f"{num_ways} classes (a {len(present)}-way episode needs num_ways={len(present)}).")
+
+  return validate
 
 
 def _check_distance(distance: Any) -> None:
