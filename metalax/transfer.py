@@ -168,10 +168,14 @@ def write_review(directory: str, images: np.ndarray, labels: np.ndarray, losses:
 
   Returns:
     ``(png_path, csv_path)``.
+
+  The figure is drawn on its own Agg canvas; matplotlib's global backend is
+  not changed.
   """
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # A Figure with its own Agg canvas: no pyplot, so matplotlib's global backend
+  # (e.g. a notebook's) is left as it is.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
 
   images = np.asarray(images)
   if images.dtype == np.uint8:
@@ -192,7 +196,9 @@ def write_review(directory: str, images: np.ndarray, labels: np.ndarray, losses:
                        "loss": f"{float(losses[index]):.6g}", "corrected_label": ""})
   columns = min(num_columns, len(chosen))
   rows = -(-len(chosen) // columns)
-  fig, axes = plt.subplots(rows, columns, figsize=(1.3 * columns, 1.55 * rows), squeeze=False)
+  fig = Figure(figsize=(1.3 * columns, 1.55 * rows))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(rows, columns, squeeze=False)
   for ax in axes.ravel():
     ax.axis("off")
   for rank, index in enumerate(chosen):
@@ -210,7 +216,6 @@ def write_review(directory: str, images: np.ndarray, labels: np.ndarray, losses:
   fig.tight_layout()
   png_path = os.path.join(directory, f"{name}.png")
   fig.savefig(png_path, dpi=100)
-  plt.close(fig)
   return png_path, csv_path
 
 

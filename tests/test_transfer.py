@@ -84,3 +84,17 @@ def test_review_round_trip(tmp_path):
     transfer.read_corrections(str(tmp_path / "missing.csv"))
   grid = transfer.image_grid(np.asarray(IMAGES), num_columns=4)
   assert grid.shape == (2 * 29 + 1, 4 * 29 + 1, 1)
+
+
+def test_review_leaves_matplotlib_backend_alone(tmp_path):
+  import matplotlib
+  before = matplotlib.get_backend()
+  try:
+    matplotlib.use("svg")   # e.g. a notebook's backend; write_review must not switch it to Agg
+    png, _ = transfer.write_review(str(tmp_path), np.asarray(IMAGES), np.asarray(LABELS),
+                                   np.arange(6.0), 2)
+    assert matplotlib.get_backend() == "svg"
+    with open(png, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  finally:
+    matplotlib.use(before)
