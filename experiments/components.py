@@ -197,9 +197,9 @@ def _omniglot(config: ml_collections.ConfigDict) -> dict[str, metalax.data.Class
 def _mnist(config: ml_collections.ConfigDict) -> dict[str, metalax.data.ClassImages]:
   """Digits 0-4 train, 5-9 test (validation: 5-9 of the official test images): 5-way at most."""
   data_dir = _data_dir(config, "mnist")
-  train = metalax.data.todense(metalax.data.mnist_class_images(data_dir, "train", dtype=np.uint8),
+  train = metalax.data.to_dense(metalax.data.mnist_class_images(data_dir, "train", dtype=np.uint8),
                                 num_per_class=5421)
-  test = metalax.data.todense(metalax.data.mnist_class_images(data_dir, "test", dtype=np.uint8),
+  test = metalax.data.to_dense(metalax.data.mnist_class_images(data_dir, "test", dtype=np.uint8),
                                num_per_class=892)
   return {"train": metalax.data.select_classes(train, range(5)),
           "validation": metalax.data.select_classes(test, range(5, 10)),
@@ -241,7 +241,7 @@ def dense(data: Any) -> metalax.data.ClassImages:
   class has (MNIST: 5,421 training and 892 test images per digit)."""
   if isinstance(data, metalax.data.ClassImages):
     return data
-  return metalax.data.todense(data, num_per_class=int(np.min(data.counts)))
+  return metalax.data.to_dense(data, num_per_class=int(np.min(data.counts)))
 
 
 def _prefixed(config: ml_collections.ConfigDict) -> dict[str, metalax.data.ClassImages] | None:

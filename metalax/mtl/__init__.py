@@ -26,8 +26,8 @@ from metalax.mtl.aggregation import task_gradients
 from metalax.mtl.aggregation import upgrad
 from metalax.mtl.architectures import CrossStitch
 from metalax.mtl.architectures import HardParameterSharing
-from metalax.mtl.architectures import MLPTrunk
 from metalax.mtl.architectures import MMoE
+from metalax.mtl.architectures import MLPTrunk
 from metalax.mtl.architectures import MTAN
 from metalax.mtl.architectures import SoftParameterSharing
 from metalax.mtl.architectures import TaskConditioned
@@ -110,10 +110,10 @@ __all__ = (
     "GradVacState",
     "HardParameterSharing",
     "LossWeighting",
+    "MethodState",
     "MLPTrunk",
     "MMoE",
     "MTAN",
-    "MethodState",
     "MultiHead",
     "NashMTLState",
     "PCGradState",

@@ -131,8 +131,8 @@ def dense_triplet_reference(embeddings, labels, margin, distance, mining, nonzer
 def test_triplet_loss_o_n2_form_equals_dense_values_and_gradients():
   rng = np.random.default_rng(1)
   labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4], np.int32)
-  settings = [(distance, mining, nonzero) for distance in ("euclidean", "cosine")
-              for mining in losses.contrastive.MININGS for nonzero in (True, False)]
+  # nonzero only changes the (integer, gradient-free) count: checked against brute force above, not here.
+  settings = [(distance, mining, True) for distance in ("euclidean", "cosine") for mining in losses.contrastive.MININGS]
 
   @jax.jit
   def both(x, weights):  # every setting in one compiled program: values and gradients of the new and old forms

@@ -180,21 +180,27 @@ def test_matches_pml_values_and_gradients(name):
 
 
 def test_per_example_values_and_edges():
-  np.testing.assert_allclose(losses.proxy_nca_loss(X, LABELS, PROXIES), np_proxy_nca(X, LABELS, PROXIES), rtol=1e-5)
-  np.testing.assert_allclose(losses.multi_similarity_loss(X, LABELS), np_multi_similarity(X, LABELS), rtol=1e-5)
-  circle = losses.circle_loss(X, LABELS)
-  np.testing.assert_allclose(circle, np_circle(X, LABELS), rtol=1e-4)
-  assert circle[-1] == 0.0   # no positive
-  np.testing.assert_array_equal(losses.circle_loss(X, ONE_CLASS), 0.0)
-  lifted = losses.lifted_structure_loss(X, LABELS)
-  assert lifted[-1] == 0.0 and lifted.shape == (8,)
-  np.testing.assert_array_equal(losses.lifted_structure_loss(X, ONE_CLASS), 0.0)
-  # Proxy gradients reach the proxies (parameters the caller owns), against the reference.
+  @jax.jit
+  def run(x, proxies):
+    return (losses.proxy_nca_loss(x, LABELS, proxies), losses.multi_similarity_loss(x, LABELS),
+            losses.circle_loss(x, LABELS), losses.circle_loss(x, ONE_CLASS), losses.lifted_structure_loss(x, LABELS),
+            losses.lifted_structure_loss(x, ONE_CLASS),
+            jax.grad(lambda p: losses.proxy_anchor_loss(x, LABELS, p))(proxies))
+
   with jax.enable_x64():
-    grad = jax.grad(lambda p: losses.proxy_anchor_loss(jnp.asarray(X), LABELS, p))(jnp.asarray(PROXIES))
-  np.testing.assert_allclose(grad, np_numeric_grad(lambda p: np_proxy_anchor(X, LABELS, p), PROXIES.copy()),
+    proxy_nca, multi_similarity, circle, circle_one, lifted, lifted_one, proxy_grad = map(
+        np.asarray, run(jnp.asarray(X), jnp.asarray(PROXIES)))
+  np.testing.assert_allclose(proxy_nca, np_proxy_nca(X, LABELS, PROXIES), rtol=1e-10)
+  np.testing.assert_allclose(multi_similarity, np_multi_similarity(X, LABELS), rtol=1e-10)
+  np.testing.assert_allclose(circle, np_circle(X, LABELS), rtol=1e-10)
+  assert circle[-1] == 0.0   # no positive
+  np.testing.assert_array_equal(circle_one, 0.0)
+  assert lifted[-1] == 0.0 and lifted.shape == (8,)
+  np.testing.assert_array_equal(lifted_one, 0.0)
+  # Proxy gradients reach the proxies (parameters the caller owns), against the reference.
+  np.testing.assert_allclose(proxy_grad, np_numeric_grad(lambda p: np_proxy_anchor(X, LABELS, p), PROXIES.copy()),
                              rtol=1e-5, atol=1e-7)
-  assert np.all(np.asarray(grad)[4] != 0)   # a proxy with no example is still pushed away from the negatives
+  assert np.all(proxy_grad[4] != 0)   # a proxy with no example is still pushed away from the negatives
 
 
 def test_n_pairs_matches_pml_on_two_views():

@@ -120,19 +120,23 @@ def test_triplet_margin_miner_rows(type_of_triplets):
 
 def test_table_rows_triplet_and_batch_hard():
   margin = 0.2
-  with jax.enable_x64():
-    z = jnp.asarray(Z)
-    # TripletMarginLoss(margin=m)(z, labels) = jnp.mean(triplet_loss(z, labels, margin=m)).
-    all_triplets = np_triplet_margin_miner(Z, LABELS, np.inf, "all")
-    np.testing.assert_allclose(jnp.mean(losses.triplet_loss(z, LABELS, margin=margin)),
-                               np_triplet_margin_loss(Z, all_triplets, margin, avg_non_zero), rtol=1e-10)
-    # TripletMarginLoss(margin=m)(z, labels, BatchHardMiner()(z, labels)): both metalax forms.
-    expected = np_triplet_margin_loss(Z, zip(*np_batch_hard_miner(Z, LABELS)), margin, avg_non_zero)
-    np.testing.assert_allclose(jnp.mean(losses.triplet_loss(z, LABELS, margin=margin, mining="batch_hard")), expected,
-                               rtol=1e-10)
+
+  @jax.jit
+  def rows(z):
     p, q, valid = losses.batch_hard_miner(z, LABELS)
-    np.testing.assert_allclose(losses.mean_nonzero(losses.triplet_margin_loss(z, z[p], z[q], margin=margin), valid),
-                               expected, rtol=1e-10)
+    return (jnp.mean(losses.triplet_loss(z, LABELS, margin=margin)),
+            jnp.mean(losses.triplet_loss(z, LABELS, margin=margin, mining="batch_hard")),
+            losses.mean_nonzero(losses.triplet_margin_loss(z, z[p], z[q], margin=margin), valid))
+
+  with jax.enable_x64():
+    all_triplets, batch_hard, mined = rows(jnp.asarray(Z))
+  # TripletMarginLoss(margin=m)(z, labels) = jnp.mean(triplet_loss(z, labels, margin=m)).
+  np.testing.assert_allclose(all_triplets, np_triplet_margin_loss(
+      Z, np_triplet_margin_miner(Z, LABELS, np.inf, "all"), margin, avg_non_zero), rtol=1e-10)
+  # TripletMarginLoss(margin=m)(z, labels, BatchHardMiner()(z, labels)): both metalax forms.
+  expected = np_triplet_margin_loss(Z, zip(*np_batch_hard_miner(Z, LABELS)), margin, avg_non_zero)
+  np.testing.assert_allclose(batch_hard, expected, rtol=1e-10)
+  np.testing.assert_allclose(mined, expected, rtol=1e-10)
 
 
 def test_table_rows_multi_similarity():
@@ -143,19 +147,23 @@ def test_table_rows_multi_similarity():
     np.testing.assert_array_equal(negative, expected_negative)
   positive, negative = np_multi_similarity_miner(Z, LABELS)
   assert 0 < positive.sum() < (LABELS[:, None] == LABELS[None]).sum() - 10   # the miner drops some pairs
-  with jax.enable_x64():
-    z = jnp.asarray(Z)
+
+  @jax.jit
+  def rows(z):
     pos, neg = losses.multi_similarity_miner(z, LABELS)
-    # MultiSimilarityLoss()(z, labels, MultiSimilarityMiner()(z, labels))
-    np.testing.assert_allclose(jnp.mean(losses.multi_similarity_loss(z, LABELS, positive_mask=pos, negative_mask=neg)),
-                               np_multi_similarity_loss(Z, LABELS, positive, negative), rtol=1e-10)
-    # ContrastiveLoss()(z, labels, MultiSimilarityMiner()(z, labels)): pair losses, AvgNonZero on each side, summed.
-    d = np_distances(Z)
-    expected = (avg_non_zero([d[a, b] for a, b in zip(*np.nonzero(positive))])
-                + avg_non_zero([max(1 - d[a, b], 0) for a, b in zip(*np.nonzero(negative))]))
     values, all_pos, all_neg = losses.all_pair_losses(z, LABELS, power=1)
-    np.testing.assert_allclose(losses.mean_nonzero(values, all_pos & pos) + losses.mean_nonzero(values, all_neg & neg),
-                               expected, rtol=1e-10)
+    return (jnp.mean(losses.multi_similarity_loss(z, LABELS, positive_mask=pos, negative_mask=neg)),
+            losses.mean_nonzero(values, all_pos & pos) + losses.mean_nonzero(values, all_neg & neg))
+
+  with jax.enable_x64():
+    multi_similarity, contrastive = rows(jnp.asarray(Z))
+  # MultiSimilarityLoss()(z, labels, MultiSimilarityMiner()(z, labels))
+  np.testing.assert_allclose(multi_similarity, np_multi_similarity_loss(Z, LABELS, positive, negative), rtol=1e-10)
+  # ContrastiveLoss()(z, labels, MultiSimilarityMiner()(z, labels)): pair losses, AvgNonZero on each side, summed.
+  d = np_distances(Z)
+  expected = (avg_non_zero([d[a, b] for a, b in zip(*np.nonzero(positive))])
+              + avg_non_zero([max(1 - d[a, b], 0) for a, b in zip(*np.nonzero(negative))]))
+  np.testing.assert_allclose(contrastive, expected, rtol=1e-10)
 
 
 def test_miners_carry_no_gradient_and_errors():
