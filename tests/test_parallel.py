@@ -30,12 +30,13 @@ FOUR_DEVICES = textwrap.dedent("""
     # 1. The sinusoid entrypoint's training, one device against four.
     def train(num_devices, workdir):
       config = sinusoid_config.get_config()
-      config.update(dict(hidden=(16, 16), num_iterations=30, steps_per_call=10, checkpoint_every=30,
+      config.update(dict(mlp_features=(16, 16), num_iterations=30, steps_per_call=10, checkpoint_every=30,
                          meta_batch_size=8, num_devices=num_devices))
       model = metalax.models.MLP(features=(16, 16), num_outputs=1)
       params = model.init(jax.random.key(0), jnp.zeros((1, 1)))["params"]
-      result = sinusoid.train("maml", config, workdir, metalax.models.from_linen(model), params,
-                              jax.random.key(1))
+      learner = meta.maml(metalax.models.from_linen(model), metalax.losses.squared_error, inner_lr=0.01, num_steps=1)
+      result = sinusoid.train(learner, config, os.path.join(workdir, "maml"), params,
+                              jax.random.key(1), "maml")
       losses = [float(line.split('"loss": ')[1].split(",")[0].rstrip("}"))
                 for line in open(os.path.join(workdir, "maml", "metrics.jsonl"))]
       return result, np.array(losses)
@@ -50,7 +51,7 @@ FOUR_DEVICES = textwrap.dedent("""
     print("sinusoid max difference", max(float(np.max(np.abs(a - b)))
                                          for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four))))
 
-    # 2. A classification learner through parallel.train_step; episodes sampled inside jit are split by task.
+    # 2. A classification learner through meta.train_step with the batch sharded; episodes sampled inside jit are split by task.
     images = jax.random.uniform(jax.random.key(2), (12, 6, 8, 8, 1))
     apply_fn = lambda params, x: jnp.tanh(x.reshape(x.shape[0], -1) @ params["w"])
     learner = meta.protonet(apply_fn, num_ways=3)
@@ -59,7 +60,8 @@ FOUR_DEVICES = textwrap.dedent("""
     mesh = parallel.data_mesh()
 
     def run(mesh):
-      step = parallel.train_step(learner, optimizer, mesh)
+      meta_step = meta.train_step(learner, optimizer)
+      step = lambda mp, s, episodes: meta_step(mp, s, parallel.shard_batch(episodes, mesh))
       state = parallel.replicate((meta_params, optimizer.init(meta_params)), mesh)
 
       @jax.jit
