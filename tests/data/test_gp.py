@@ -76,17 +76,18 @@ def test_sample_gp_shapes_ranges_jit_and_errors():
 
 def test_gp_predictive_matches_numpy_and_is_calibrated():
   @jax.jit
-  def run():
-    tasks = gp.sample_gp_tasks(jax.random.key(2), 3, kernel="rbf")
-    episodes = gp.gp_episodes(jax.random.key(3), tasks, 5, 4, input_dim=2)
+  def run(key):   # (a function of a key: with no argument XLA would constant-fold the whole program)
+    keys = jax.random.split(key, 4)
+    tasks = gp.sample_gp_tasks(keys[0], 3, kernel="rbf")
+    episodes = gp.gp_episodes(keys[1], tasks, 5, 4, input_dim=2)
     # On tasks drawn from the same prior, the exact 95% interval covers about 95% of the targets.
-    many_tasks = gp.sample_gp_tasks(jax.random.key(4), 3000, kernel="matern52")
-    many = gp.gp_episodes(jax.random.key(5), many_tasks, 6, 1)
+    many_tasks = gp.sample_gp_tasks(keys[2], 3000, kernel="matern52")
+    many = gp.gp_episodes(keys[3], many_tasks, 6, 1)
     mean, scale = gp.gp_predictive(many_tasks, many.support, many.query.inputs)
     coverage = metalax.metrics.interval_coverage(mean[:, 0], scale[:, 0], many.query.labels[:, 0])
     return tasks, episodes, gp.gp_predictive(tasks, episodes.support, episodes.query.inputs), jnp.mean(coverage)
 
-  tasks, episodes, (mean, scale), coverage = run()
+  tasks, episodes, (mean, scale), coverage = run(jax.random.key(2))
   assert mean.shape == scale.shape == (3, 4, 1)
   for b in range(3):
     length, s = float(tasks.lengthscale[b]), float(tasks.signal_scale[b])
