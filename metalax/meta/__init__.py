@@ -12,6 +12,8 @@ from metalax.meta.base import query_metrics
 from metalax.meta.base import train_step
 from metalax.meta.blackbox import EpisodeTransformer
 from metalax.meta.blackbox import blackbox
+from metalax.meta.bmaml import bmaml
+from metalax.meta.bmaml import svgd_direction
 from metalax.meta.imaml import imaml
 from metalax.meta.maml import anil
 from metalax.meta.maml import fomaml
@@ -48,6 +50,7 @@ __all__ = (
     "anp",
     "batch_loss",
     "blackbox",
+    "bmaml",
     "cnp",
     "episode_loss",
     "evaluate",
@@ -66,6 +69,7 @@ __all__ = (
     "query_metrics",
     "r2d2",
     "reptile",
+    "svgd_direction",
     "train_step",
     "versa",
 )
