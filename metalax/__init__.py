@@ -3,8 +3,10 @@
 from metalax import augment
 from metalax import data
 from metalax import episodes
+from metalax import hyper
 from metalax import losses
 from metalax import meta
+from metalax import metrics
 from metalax import mtl
 from metalax import transfer
 from metalax import parallel
@@ -23,8 +25,10 @@ __all__ = (
     "augment",
     "data",
     "episodes",
+    "hyper",
     "losses",
     "meta",
+    "metrics",
     "models",
     "mtl",
     "parallel",
