@@ -613,14 +613,19 @@ class Trainer(NamedTuple):
   """What :func:`make_trainer` builds: the library step of one method and the functions around it.
 
   Attributes:
-    init: ``init(key) -> TrainState`` of one seed: the model initialised from ``split(key)[0]``, the
-      randomised methods (PCGrad, GradDrop, RLW, GradVac) seeded from ``split(key)[1]``.
+    init: ``init(key) -> TrainState`` of one seed: ``init_state(init_model(k0), k1)`` with ``k0, k1 =
+      split(key)``.
+    init_model: ``init_model(key) -> model_params``.
+    init_state: ``init_state(model_params, key) -> TrainState``, the randomised methods (PCGrad, GradDrop,
+      RLW, GradVac) seeded from ``key``.
     step: ``step(state, batch, key) -> (state, metrics)``, :func:`metalax.mtl.train_step`'s, on
       ``batch = {"batch": Batch, "key": dropout key}`` (the key matters only for a stochastic architecture).
     apply_fn: ``apply_fn(model_params, inputs) -> T outputs`` (evaluation: no dropout).
   """
 
   init: Callable[[jax.Array], mtl.TrainState]
+  init_model: Callable[[jax.Array], Any]
+  init_state: Callable[[Any, jax.Array], mtl.TrainState]
   step: Callable[..., tuple[mtl.TrainState, dict[str, jax.Array]]]
   apply_fn: Callable[[Any, jax.Array], tuple[jax.Array, ...]]
 
@@ -663,12 +668,17 @@ def make_trainer(config: ml_collections.ConfigDict, architecture: Architecture, 
         representation=representation, task_probabilities=probabilities,
         tasks_per_step=tasks_per_step if probabilities is not None else None, regularizer=architecture.regularizer)
 
+  def init_model(key):
+    return module.init(key, jnp.zeros((1,) + tuple(input_shape), jnp.float32))["params"]
+
+  def init_state(model_params, key):
+    return train_step(key).init(model_params)  # the randomised methods' keys live in the state
+
   def init(key):
     key_model, key_method = jax.random.split(key)
-    model_params = module.init(key_model, jnp.zeros((1,) + tuple(input_shape), jnp.float32))["params"]
-    return train_step(key_method).init(model_params)  # the randomised methods' keys live in the state
+    return init_state(init_model(key_model), key_method)
 
-  return Trainer(init, train_step(jax.random.key(0)).step,
+  return Trainer(init, init_model, init_state, train_step(jax.random.key(0)).step,
                  lambda params, inputs: module.apply({"params": params}, inputs))
 
 

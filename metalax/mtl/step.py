@@ -225,7 +225,7 @@ def train_step(
     gradient_norm_params: the parameters whose per-task gradient norms a
       weighting that requires ``task_gradient_norms`` gets (GradNorm's ``W``:
       the paper takes the last shared layer), a :data:`Mask`; None for
-      ``shared``.
+      ``shared`` (all parameters when ``shared`` is None or selects none).
     representation: ``(encode_fn, decode_losses_fn)`` with ``encode_fn(
       model_params, batch) -> z`` and ``decode_losses_fn(model_params, z,
       batch) -> [T]`` (equal to ``task_losses_fn``), for a weighting that
@@ -319,10 +319,12 @@ def train_step(
     if "task_gradient_norms" in requires:
       mask = (jax.tree.map(lambda _: True, model_params) if norm_mask is None
               else _full_mask(norm_mask, model_params, "gradient_norm_params"))
+      if gradient_norm_params is None and not any(jax.tree.leaves(mask)):
+        mask = jax.tree.map(lambda _: True, model_params)  # nothing shared: every parameter
       chosen, put = _select(mask, model_params)
       if not chosen:
-        raise ValueError("gradient_norm_params (or shared) selects no parameter: GradNorm needs the per-task "
-                         "gradient norms of at least one shared parameter.")
+        raise ValueError("gradient_norm_params selects no parameter: GradNorm needs the per-task gradient norms "
+                         "of at least one parameter.")
       losses, vjp_fn = jax.vjp(lambda leaves: task_losses_fn(put(leaves), batch), chosen)
       (grads,) = jax.vmap(vjp_fn)(jnp.eye(num_tasks, dtype=check_losses(losses).dtype))
       extra["task_gradient_norms"] = task_gradient_norms(grads)
