@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from experiments import multitask
-from metalax import mtl
 
 METHODS = ("equal", "uncertainty", "gradnorm", "pcgrad", "mgda", "nash_mtl")
 NUM_STEPS = 4
