@@ -33,6 +33,8 @@ from metalax.meta.neural_process import latent_np
 from metalax.meta.neural_process import neural_process
 from metalax.meta.neural_process import np_model
 from metalax.meta.reptile import reptile
+from metalax.meta.snail import SNAIL
+from metalax.meta.snail import snail
 from metalax.meta.versa import VersaAmortisation
 from metalax.meta.versa import versa
 
@@ -44,6 +46,7 @@ __all__ = (
     "MetaParams",
     "NPModel",
     "NeuralProcess",
+    "SNAIL",
     "TaskParams",
     "VersaAmortisation",
     "anil",
@@ -69,6 +72,7 @@ __all__ = (
     "query_metrics",
     "r2d2",
     "reptile",
+    "snail",
     "svgd_direction",
     "train_step",
     "versa",
