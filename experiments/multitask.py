@@ -721,8 +721,8 @@ def train_seeds(config: ml_collections.ConfigDict, trainer: Trainer, data: Multi
   train_data = data.train if train_data is None else train_data
 
   def seed_step(state, key, train):
-    key_batch, key_dropout, key_schedule = jax.random.split(key, 3)
-    batch = parallel.shard_batch(sample(key_batch, train), mesh)  # examples split across the devices
+    batch = parallel.shard_batch(sample(key, train), mesh)  # examples split across the devices
+    key_dropout, key_schedule = jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)
     return trainer.step(state, {"batch": batch, "key": key_dropout}, key_schedule)
 
   def step(state, key, train):
