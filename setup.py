@@ -9,6 +9,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=("metalax", "metalax.*")),
+    package_data={"metalax.data": ["splits/*/*.txt"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",

@@ -50,7 +50,7 @@ def _conv4(config: ml_collections.ConfigDict, num_outputs: int | None) -> Any:
 
 def _resnet12(config: ml_collections.ConfigDict, num_outputs: int | None) -> Any:
   return models.ResNet12(num_outputs=num_outputs, channels=tuple(config.resnet_channels), norm=config.norm,
-                         drop_rate=config.dropblock_rate)
+                         drop_rate=config.dropblock_rate, conv_impl=config.conv_impl)
 
 
 MODELS: dict[str, Callable[[ml_collections.ConfigDict, int | None], Any]] = {
@@ -59,7 +59,7 @@ MODELS: dict[str, Callable[[ml_collections.ConfigDict, int | None], Any]] = {
     "resnet12": _resnet12,
 }
 """``--config.model``: ``mlp`` (``mlp_features``), ``conv4`` (``hidden``, ``conv4_variant``, ``norm``,
-``conv_impl``), ``resnet12`` (``resnet_channels``, ``norm``, ``dropblock_rate``)."""
+``conv_impl``), ``resnet12`` (``resnet_channels``, ``norm``, ``dropblock_rate``, ``conv_impl``)."""
 
 
 def make_model(config: ml_collections.ConfigDict, num_outputs: int | None, models: dict[str, Any] | None = None

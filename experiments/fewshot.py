@@ -101,13 +101,42 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]):
   return model, learner
 
 
-def make_sampler(config: ml_collections.ConfigDict, counts: tuple[int, int, int], num_tasks: int, augment=None):
-  """``sample(key, images) -> episodes`` (float32, ``[num_tasks]`` episodes) of ``config.episodes``."""
+def make_train_step(config: ml_collections.ConfigDict, make, counts: tuple[int, int, int], optimizer, mesh):
+  """``step(state, key, images) -> (state, metrics)``: episodes sampled on device, then the library's meta-step.
+
+  Fixed episodes have ``counts``. Variable episodes (``--config.episodes=variable``) draw ways uniform in
+  ``[min_ways, num_ways]`` and shots uniform in ``[min_shots, num_shots]`` per meta-batch, on device:
+  ``lax.switch`` selects one of the compiled shapes (every shape is one branch of the one jitted step).
+  """
+  augment = components.augmentation(config)
   if config.episodes == "variable":
-    return metalax.episodes.variable_sampler(num_tasks, min_ways=config.min_ways, max_ways=counts[0],
-                                             min_shots=config.min_shots, max_shots=counts[1],
-                                             num_queries=counts[2], augment=augment)
-  return lambda key, images: metalax.sample_episodes(key, images, num_tasks, *counts, augment=augment)
+    shapes = metalax.episodes.episode_shapes(config.min_ways, counts[0], config.min_shots, counts[1], counts[2])
+  else:
+    shapes = (metalax.episodes.EpisodeShape(*counts),)
+
+  def branch(shape):
+    # Precision, the library's meta-step, the batch split over devices (jitted with buffer donation by the
+    # training loop).
+    meta_step = meta.train_step(parallel.with_precision(make(shape.num_ways, config.num_steps), config.precision),
+                                optimizer, tasks_per_chunk=config.tasks_per_chunk or None)
+
+    def step(state, key, train_images):
+      episodes = metalax.sample_episodes(key, train_images, config.meta_batch_size, *shape, augment=augment)
+      meta_params, opt_state, metrics = meta_step(state["meta_params"], state["opt_state"],
+                                                  parallel.shard_batch(episodes, mesh))
+      return {"meta_params": meta_params, "opt_state": opt_state}, metrics
+
+    return step
+
+  branches = [branch(shape) for shape in shapes]
+  if len(branches) == 1:
+    return branches[0]
+
+  def variable_step(state, key, train_images):
+    index = jax.random.randint(jax.random.fold_in(key, 1), (), 0, len(branches))
+    return jax.lax.switch(index, branches, state, key, train_images)
+
+  return variable_step
 
 
 def make_evaluator(learner: meta.MetaLearner, counts: tuple[int, int, int], batch_size: int):
@@ -149,18 +178,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     params = load_init_encoder(config, params)
   meta_params = learner.init(params)
 
-  # The training step: precision, the library's meta-step, the batch split over devices (jitted with buffer
-  # donation by the training loop).
   optimizer = optax.adam(learning_rate(config))
   mesh = training.make_mesh(config, config.meta_batch_size)
-  meta_step = meta.train_step(parallel.with_precision(learner, config.precision), optimizer,
-                              tasks_per_chunk=config.tasks_per_chunk or None)
-  sample = make_sampler(config, train_counts, config.meta_batch_size, components.augmentation(config))
-
-  def step(state, key, train_images):
-    episodes = parallel.shard_batch(sample(key, train_images), mesh)
-    meta_params, opt_state, metrics = meta_step(state["meta_params"], state["opt_state"], episodes)
-    return {"meta_params": meta_params, "opt_state": opt_state}, metrics
+  step = make_train_step(config, make, train_counts, optimizer, mesh)
 
   evaluate = make_evaluator(test_learner, test_counts, config.eval_batch_size)
 

@@ -89,15 +89,16 @@ FOUR_DEVICES = textwrap.dedent("""
     np.testing.assert_array_equal(sampled.support.inputs, unsharded.support.inputs)  # same tasks as 1 device
 
     # 3. The multi-task entrypoint: each seed's example batch split across the devices, same result as one.
-    from experiments import mtl
-    from experiments.configs import mtl as mtl_config
+    from experiments import gradnorm
+    from experiments.configs import gradnorm as gradnorm_config
 
     def train_mtl(num_devices):
-      config = mtl_config.get_config("gradnorm")
-      config.update(dict(num_seeds=2, num_iterations=20, steps_per_call=10, batch_size=16, methods="equal,gradnorm",
+      config = gradnorm_config.get_config("gradnorm")
+      config.update(dict(num_seeds=2, num_iterations=20, steps_per_call=10, checkpoint_every=10, batch_size=16,
+                         methods=("equal", "gradnorm"), mlp_features=(8, 8), gradnorm_layer="trunk/Dense_1",
                          num_devices=num_devices))
-      config.toy.update(dict(num_tasks=3, input_dim=12, output_dim=4, hidden=8, num_layers=2, num_test=64))
-      return mtl.train_and_evaluate(config, tempfile.mkdtemp())
+      config.toy.update(dict(num_tasks=3, input_dim=12, output_dim=4, num_test=64))
+      return gradnorm.train_and_evaluate(config, tempfile.mkdtemp())
 
     mtl_one, mtl_four = train_mtl(1), train_mtl(4)
     for method in ("equal", "gradnorm"):

@@ -15,7 +15,8 @@ and a static ``num_ways``: class statistics come from a one-hot matrix
 ``[n_support, num_ways]``, so shapes never depend on the labels' values.
 Labels must be int class indices in ``[0, num_ways)``, and every class must
 have support examples: an episode of another number of ways is a mistake.
-Each learner's ``validate`` checks this, and :func:`metalax.meta.batch_loss`,
+A learner's ``adapt`` (so its ``loss``) checks this when the support labels
+are concrete, its ``validate`` checks whole episodes, and :func:`metalax.meta.batch_loss`,
 :func:`~metalax.meta.episode_loss`, :func:`~metalax.meta.train_step` and
 :func:`~metalax.meta.evaluate` call it (``ValueError``) whenever the episodes
 are concrete arrays. Under ``jit`` the values are unknown: a label outside the
@@ -382,20 +383,28 @@ def _validator(num_ways: int, who: str):
       labels = getattr(episodes, name).labels
       if labels.ndim != 2 or not is_classification(labels) or not labels.size:
         return   # the shapes are checked (and reported) when tracing
-      labels = np.asarray(labels)
-      if labels.min() < 0 or labels.max() >= num_ways:
-        raise ValueError(
-            f"{who}(num_ways={num_ways}): {name} labels must lie in [0, {num_ways}), got labels "
-            f"from {labels.min()} to {labels.max()}.")
-    for index, labels in enumerate(np.asarray(episodes.support.labels)):
-      present = np.unique(labels)
-      if len(present) != num_ways:
-        raise ValueError(
-            f"{who}(num_ways={num_ways}): the support set of episode {index} has "
-            f"{len(present)} classes {present.tolist()}; every support set needs examples of all "
-            f"{num_ways} classes (a {len(present)}-way episode needs num_ways={len(present)}).")
+      _check_label_range(np.asarray(labels), num_ways, who, name)
+    _check_all_classes(np.asarray(episodes.support.labels), num_ways, who)
 
   return validate
+
+
+def _check_label_range(labels: np.ndarray, num_ways: int, who: str, name: str) -> None:
+  if labels.min() < 0 or labels.max() >= num_ways:
+    raise ValueError(
+        f"{who}(num_ways={num_ways}): {name} labels must lie in [0, {num_ways}), got labels "
+        f"from {labels.min()} to {labels.max()}.")
+
+
+def _check_all_classes(support_labels: np.ndarray, num_ways: int, who: str) -> None:
+  """Every row of ``support_labels [B, n]`` holds all ``num_ways`` classes."""
+  for index, labels in enumerate(support_labels):
+    present = np.unique(labels)
+    if len(present) != num_ways:
+      raise ValueError(
+          f"{who}(num_ways={num_ways}): the support set of episode {index} has "
+          f"{len(present)} classes {present.tolist()}; every support set needs examples of all "
+          f"{num_ways} classes (a {len(present)}-way episode needs num_ways={len(present)}).")
 
 
 def _check_distance(distance: Any) -> None:
@@ -438,6 +447,9 @@ def _embed_support(embed_fn: EmbedFn, params: Params, support: Batch, num_ways: 
     raise ValueError(
         f"{who}: support labels must be [n] int class indices in [0, {num_ways}), got shape "
         f"{tuple(labels.shape)} and dtype {labels.dtype}.")
+  if labels.size and not isinstance(labels, jax.core.Tracer):  # concrete: the values can be checked
+    _check_label_range(np.asarray(labels), num_ways, who, "support")
+    _check_all_classes(np.asarray(labels)[None], num_ways, who)
   embeddings = _embed(embed_fn, params, support.inputs, who, key)
   return embeddings, jax.nn.one_hot(labels, num_ways, dtype=embeddings.dtype)
 

@@ -135,19 +135,22 @@ def _conv_xla(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
 
 
 def _pool_windows(x: jax.Array) -> jax.Array:
+  """``[n, h // 2, w // 2, c, 4]``: the 2x2 windows of ``x [n, h, w, c]``, entries row-major."""
   n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]
-  return x.reshape(n, h // 2, 2, w // 2, 2, c)
+  x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+  return x.transpose(0, 1, 3, 5, 2, 4).reshape(n, h // 2, w // 2, c, 4)
 
 
 @jax.custom_jvp
 def max_pool(x: jax.Array) -> jax.Array:
   """2x2 max-pooling with stride 2; odd sizes are floored, as in PyTorch.
 
-  The derivative sends a window's tangent through the entries equal to its
-  maximum (all of them on a tie), which for distinct values is the gradient of
-  ``nn.max_pool``; it costs one compare and one select, no
-  ``select_and_scatter``.
+  The derivative sends a window's tangent through the window's first maximal
+  entry (row-major within the 2x2 window), the gradient of ``nn.max_pool``:
+  an ``argmax`` and a one-hot select, no ``select_and_scatter``. (A mask of the
+  entries *equal* to the maximum would be fragile: under ``jit`` XLA may
+  recompute the input in two fusions that round differently, leaving a window
+  with no entry equal to its maximum and its tangent dropped.)
 
   Args:
     x: ``[n, h, w, c]``.
@@ -155,7 +158,7 @@ def max_pool(x: jax.Array) -> jax.Array:
   Returns:
     ``[n, h // 2, w // 2, c]``.
   """
-  return _pool_windows(x).max(axis=(2, 4))
+  return _pool_windows(x).max(axis=-1)
 
 
 @max_pool.defjvp
@@ -163,9 +166,8 @@ def _max_pool_jvp(primals, tangents):
   x, = primals
   t, = tangents
   windows = _pool_windows(x)
-  y = windows.max(axis=(2, 4))
-  mask = windows == y[:, :, None, :, None]
-  return y, jnp.where(mask, _pool_windows(t), 0).sum(axis=(2, 4))
+  first_max = jax.nn.one_hot(jnp.argmax(windows, axis=-1), 4, dtype=t.dtype)
+  return windows.max(axis=-1), jnp.sum(_pool_windows(t) * first_max, axis=-1)
 
 
 def _standardize(x: jax.Array, axes: tuple[int, ...], epsilon: float) -> jax.Array:

@@ -165,7 +165,8 @@ def train_loop(step: Callable[[Any, jax.Array, Any], tuple[Any, dict[str, jax.Ar
   state, data = parallel.replicate(state, mesh), parallel.replicate(data, mesh)
   state, start = checkpoints.restore_or_init(manager, state, what=desc.strip() or "resume")
   if not start:  # the jitted chunk donates the state's buffers: never the caller's own arrays
-    state = jax.tree.map(lambda x: jax.device_put(x, may_alias=False) if isinstance(x, jax.Array) else x, state)
+    state = jax.tree.map(lambda x: jax.device_put(x, x.sharding, may_alias=False)  # global arrays too
+                         if isinstance(x, jax.Array) else x, state)
   main_process = records.is_main_process()
   label = desc.strip() or "training"
 

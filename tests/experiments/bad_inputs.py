@@ -106,11 +106,10 @@ def _flat_images(workdir: str) -> None:
 def _unbatched_episode(workdir: str) -> None:
   import jax
   import metalax
-  learner = metalax.meta.maml(metalax.models.from_function(lambda p, x: x @ p), metalax.losses.squared_error,
-                              inner_lr=0.1, num_steps=1)
-  episode = metalax.data.sample_sinusoid(jax.random.key(0), 1, 5, 5)
-  single = jax.tree.map(lambda x: x[0], episode)
-  metalax.meta.batch_loss(learner)({"params": jax.numpy.zeros((1, 1))}, single)
+  learner = metalax.meta.maml(metalax.models.from_function(lambda p, x: x.reshape(x.shape[0], -1) @ p),
+                              metalax.losses.cross_entropy, inner_lr=0.1, num_steps=1)
+  single = metalax.sample_episode(jax.random.key(0), jax.numpy.zeros((3, 4, 2, 2, 1)), 3, 1, 1)
+  metalax.meta.batch_loss(learner)({"params": jax.numpy.zeros((4, 3))}, single)
 
 
 FLAGS = "Flags and configs (every entrypoint shares the flag and config handling)"
