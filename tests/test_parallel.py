@@ -48,8 +48,6 @@ FOUR_DEVICES = textwrap.dedent("""
     np.testing.assert_allclose(four_losses, one_losses, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    print("sinusoid max difference", max(float(np.max(np.abs(a - b)))
-                                         for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four))))
 
     # 2. A classification learner through meta.train_step with the batch sharded; episodes sampled inside jit are split by task.
     images = jax.random.uniform(jax.random.key(2), (12, 6, 8, 8, 1))

@@ -194,7 +194,7 @@ def validate(config: Any, rules: Mapping[str, Any]) -> None:
 
 RUN_RULES = {
     "seed": "nonnegative_int", "num_devices": "nonnegative_int", "precision": PRECISIONS, "on_nan": ON_NAN,
-    "num_iterations": "positive_int", "steps_per_call": "positive_int", "checkpoint_every": "positive_int",
+    "num_iterations": "nonnegative_int", "steps_per_call": "positive_int", "checkpoint_every": "positive_int",
     "download": (True, False)}
 """The :func:`validate` rules of the :func:`base_config` fields."""
 

@@ -42,7 +42,8 @@ def tiny(preset, **overrides):
 
 
 def check_outputs(path, config, results, image_shape=(28, 28, 1)):
-  assert 0.0 <= results["5way_1shot_prototype"] <= 1.0 and 0.0 <= results["linear_probe_accuracy"] <= 1.0
+  ways, shots = config.episodes[0]
+  assert 0.0 <= results[f"{ways}way_{shots}shot_prototype"] <= 1.0 and 0.0 <= results["linear_probe_accuracy"] <= 1.0
   assert 1.0 <= results["effective_rank"] <= 8.0
   for name in ("results.json", "run.json", "review.png", "review.csv"):
     assert os.path.exists(path / name), name

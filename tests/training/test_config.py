@@ -21,7 +21,7 @@ def test_base_config_fields_defaults_and_help():
     ("precision", "float64", "one of float32 | bfloat16"),
     ("num_devices", -1, "an int >= 0"),
     ("seed", 1.5, "an int >= 0"),
-    ("num_iterations", 0, "an int >= 1"),
+    ("num_iterations", -1, "an int >= 0"),
     ("steps_per_call", True, "an int >= 1"),
     ("checkpoint_every", -5, "an int >= 1"),
 ])
