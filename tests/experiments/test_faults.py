@@ -27,6 +27,11 @@ FEWSHOT = ("experiments.fewshot", "", 200, [
     "--config.num_ways=3", "--config.num_queries=2", "--config.meta_batch_size=2", "--config.steps_per_call=10",
     "--config.checkpoint_every=20", "--config.num_valid_episodes=10", "--config.num_test_episodes=20",
     "--config.eval_batch_size=10"])
+MULTITASK = ("experiments.gradnorm", "gradnorm", 200, [
+    "--config.methods=(\"gradnorm\",)", "--config.num_seeds=2", "--config.batch_size=16",
+    "--config.mlp_features=(8,8)", "--config.gradnorm_layer=trunk/Dense_1", "--config.steps_per_call=10",
+    "--config.checkpoint_every=20", "--config.toy.num_tasks=3", "--config.toy.input_dim=12",
+    "--config.toy.output_dim=4", "--config.toy.num_test=64"])
 
 
 def start(module, workdir, num_iterations, flags):
@@ -52,7 +57,7 @@ def checkpoint_steps(directory):
   return sorted(int(n) for n in names if n.isdigit()), [n for n in names if not n.isdigit() and n != "metadata"]
 
 
-@pytest.mark.parametrize("experiment", [SINUSOID, FEWSHOT], ids=["sinusoid", "fewshot"])
+@pytest.mark.parametrize("experiment", [SINUSOID, FEWSHOT, MULTITASK], ids=["sinusoid", "fewshot", "multitask"])
 def test_killed_and_restarted_run_equals_uninterrupted_run(tmp_path, experiment):
   module, run_subdir, num_iterations, flags = experiment
   straight, killed = tmp_path / "straight", tmp_path / "killed"
