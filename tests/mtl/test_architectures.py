@@ -316,9 +316,9 @@ def test_default_trunks_equal_mlp_trunks():
             architectures.MMoE(NUM_OUTPUTS, num_experts=3, experts=architectures.MLPTrunk((8,)))),
            (architectures.SoftParameterSharing(NUM_OUTPUTS, features=(8, 5)),
             architectures.SoftParameterSharing(NUM_OUTPUTS, columns=architectures.MLPTrunk((8, 5))))]
-  for default, given in [(default, given)] + pairs:
-    params = _random_params(default, 5)
-    for a, b in zip(default.apply({"params": params}, X), given.apply({"params": params}, X)):
+  for built_in, from_trunk in [(default, given)] + pairs:
+    params = _random_params(built_in, 5)
+    for a, b in zip(built_in.apply({"params": params}, X), from_trunk.apply({"params": params}, X)):
       np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
