@@ -150,7 +150,7 @@ def _write_mnist_like(folder) -> None:
 def test_four_devices_equal_one_device(tmp_path):
   mnist_dir = str(tmp_path / "mnist")
   _write_mnist_like(mnist_dir)
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
          "PYTHONPATH": REPO_ROOT, "METALAX_TEST_MNIST": mnist_dir, "METALAX_DATA_DIR": str(tmp_path)}
   result = subprocess.run([sys.executable, "-c", FOUR_DEVICES], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=300)

@@ -134,23 +134,16 @@ def _conv_xla(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
       x, kernel, (stride, stride), _PAD, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _pool_windows(x: jax.Array) -> jax.Array:
-  """``[n, h // 2, w // 2, c, 4]``: the 2x2 windows of ``x [n, h, w, c]``, entries row-major."""
-  n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
-  return x.transpose(0, 1, 3, 5, 2, 4).reshape(n, h // 2, w // 2, c, 4)
-
-
-@jax.custom_jvp
 def max_pool(x: jax.Array) -> jax.Array:
   """2x2 max-pooling with stride 2; odd sizes are floored, as in PyTorch.
 
-  The derivative sends a window's tangent through the window's first maximal
-  entry (row-major within the 2x2 window), the gradient of ``nn.max_pool``:
-  an ``argmax`` and a one-hot select, no ``select_and_scatter``. (A mask of the
-  entries *equal* to the maximum would be fragile: under ``jit`` XLA may
-  recompute the input in two fusions that round differently, leaving a window
-  with no entry equal to its maximum and its tangent dropped.)
+  ``lax.reduce_window`` (``nn.max_pool`` with ``padding="VALID"``): its
+  derivatives (``select_and_gather_add`` forward, ``select_and_scatter_add``
+  backward) are exact to second order under ``jit``. A reshape-and-max with a
+  custom derivative was tried and dropped: under ``jit`` its second-order
+  MAML meta-gradients through a max-pooled Conv-4 differed from the eager ones
+  by up to 1.5 (entries of size ~0.3), while ``reduce_window``'s agree to
+  1e-5 (``tests/models/test_conv.py``).
 
   Args:
     x: ``[n, h, w, c]``.
@@ -158,16 +151,7 @@ def max_pool(x: jax.Array) -> jax.Array:
   Returns:
     ``[n, h // 2, w // 2, c]``.
   """
-  return _pool_windows(x).max(axis=-1)
-
-
-@max_pool.defjvp
-def _max_pool_jvp(primals, tangents):
-  x, = primals
-  t, = tangents
-  windows = _pool_windows(x)
-  first_max = jax.nn.one_hot(jnp.argmax(windows, axis=-1), 4, dtype=t.dtype)
-  return windows.max(axis=-1), jnp.sum(_pool_windows(t) * first_max, axis=-1)
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
 def _standardize(x: jax.Array, axes: tuple[int, ...], epsilon: float) -> jax.Array:

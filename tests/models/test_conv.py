@@ -20,14 +20,14 @@ def test_patches_equal_xla_convolutions_per_task_and_to_second_order(variant):
   labels = jnp.arange(3)
   models = {impl: metalax.models.Conv4(num_outputs=3, hidden=8, variant=variant, conv_impl=impl)
             for impl in ("patches", "xla")}
-  params = jax.vmap(lambda k: models["xla"].init(k, x)["params"])(jax.random.split(jax.random.key(1), 2))
-  outputs = {impl: jax.vmap(lambda p, m=m: m.apply({"params": p}, x))(params) for impl, m in models.items()}
+  params = jax.jit(jax.vmap(lambda k: models["xla"].init(k, x)["params"]))(jax.random.split(jax.random.key(1), 2))
+  outputs = {impl: jax.jit(jax.vmap(lambda p, m=m: m.apply({"params": p}, x)))(params) for impl, m in models.items()}
   assert_close(outputs["patches"], outputs["xla"])
 
   def meta_grad(model):  # MAML: loss after one inner SGD step, differentiated through the step
     loss = lambda p: jnp.mean(metalax.losses.cross_entropy(model.apply({"params": p}, x), labels))
     outer = lambda p: loss(jax.tree.map(lambda a, g: a - 0.4 * g, p, jax.grad(loss)(p)))
-    return jax.vmap(jax.grad(outer))(params)
+    return jax.jit(jax.vmap(jax.grad(outer)))(params)
 
   assert_close(meta_grad(models["patches"]), meta_grad(models["xla"]))
 
@@ -45,11 +45,11 @@ def test_max_pool_equals_nn_max_pool_values_and_gradients(size):
 def test_conv4_shapes_and_parameter_count_match_learn2learn(variant):
   x = jnp.zeros((4, 28, 28, 1))
   classifier = metalax.models.Conv4(num_outputs=5, variant=variant)
-  params = classifier.init(jax.random.key(0), x)["params"]
+  params = jax.eval_shape(classifier.init, jax.random.key(0), x)["params"]
   assert sum(p.size for p in jax.tree.leaves(params)) == 112_261  # learn2learn OmniglotCNN / CNN4
-  assert classifier.apply({"params": params}, x).shape == (4, 5)
+  assert jax.eval_shape(classifier.apply, {"params": params}, x).shape == (4, 5)
   embedder = metalax.models.Conv4(num_outputs=None, variant=variant)
-  assert embedder.apply(embedder.init(jax.random.key(0), x), x).shape == (4, 64)
+  assert jax.eval_shape(lambda x: embedder.apply(embedder.init(jax.random.key(0), x), x), x).shape == (4, 64)
 
 
 @pytest.mark.parametrize("norm", ["batch", "layer", "group", "none"])
