@@ -1,4 +1,4 @@
-"""Shared test settings: CPU, and a compilation cache shared by the tests of one run."""
+"""Shared test settings: CPU, fast-compiling XLA flags, and a compilation cache shared by the tests of one run."""
 
 import os
 import tempfile
