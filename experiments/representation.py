@@ -180,6 +180,8 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], mesh:
     def loss(params, key, images):
       batch_key, noise_key = jax.random.split(key)
       batch = shard(as_float(random_images(batch_key, images, config.batch_size)))
+      if augmentation is not None or mixes:  # the augmented images are both the input and the target
+        batch = augmented(jax.random.fold_in(key, 2), batch)[0]
       value, metrics = reconstruction(params, noise_key, batch)
       codes = metrics.pop("codes")
       metrics.pop("per_example")

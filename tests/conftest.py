@@ -1,4 +1,4 @@
-"""Shared test settings: CPU, fast-compiling XLA flags, and a compilation cache shared by the tests of one run."""
+"""Shared test settings: CPU, the XLA flags of the suite, and a compilation cache per worker."""
 
 import os
 import tempfile
@@ -6,20 +6,23 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite's time is mostly XLA compiling small programs. Compile them without the backend's optimisation passes
 # and with XLA:CPU's classic (not MLIR) fusion emitters: 2-4x faster to compile; results agree to float rounding.
-# Processes the tests start inherit these settings (tests that start one add to XLA_FLAGS, never replace it).
-_FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+# Eigen single-threaded: the two xdist workers fill the two cores, and XLA:CPU's multi-threaded Eigen pool can wedge
+# (a known hang, never finishing a vmapped program). Processes the tests start inherit these settings (tests that
+# start one add to XLA_FLAGS, never replace it).
+_TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false",
+                 "--xla_cpu_multi_thread_eigen=false")
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + [
-    flag for flag in _FAST_COMPILE if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]).strip()
-# One persistent compilation cache, fresh for each test session, shared by the xdist workers and the processes
-# the tests start (the workers and those processes inherit this environment): each program compiles once.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="metalax_jax_cache_")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    flag for flag in _TEST_XLA_FLAGS if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]).strip()
 
 import jax
 import numpy as np
 import pytest
+
+# Many tests compile the same programs (the experiments' tests several runs of one configuration); a persistent
+# cache, fresh for each test session and worker, compiles each once.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="metalax_jax_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _finite_difference_grad(f, tree, eps=1e-5):

@@ -80,9 +80,8 @@ def test_triplet_then_corrections_feed_back_into_the_probe(tmp_path):
   assert results["num_corrections"] == 1
 
 
+# Every objective x two augmentation lists: tests/experiments/test_representation_matrix.py; here one end to end.
 @pytest.mark.parametrize("loss, augment", [
-    ("info_nce", ("random_flip", "gaussian_noise(0.05)")),
-    ("contrastive", ("random_rotation(10.0)", "cutmix(1.0)")),
     ("supcon", ("random_resized_crop(scale=(0.5, 1.0))", "mixup(0.2)")),
 ])
 def test_losses_with_augmentations(tmp_path, loss, augment):
