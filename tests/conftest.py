@@ -6,11 +6,8 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The suite's time is mostly XLA compiling small programs. Compile them without the backend's optimisation passes
 # and with XLA:CPU's classic (not MLIR) fusion emitters: 2-4x faster to compile; results agree to float rounding.
-# Eigen single-threaded: the two xdist workers fill the two cores, and XLA:CPU's multi-threaded Eigen pool can wedge
-# (a known hang, never finishing a vmapped program). Processes the tests start inherit these settings (tests that
-# start one add to XLA_FLAGS, never replace it).
-_TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false",
-                 "--xla_cpu_multi_thread_eigen=false")
+# Processes the tests start inherit these settings (tests that start one add to XLA_FLAGS, never replace it).
+_TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + [
     flag for flag in _TEST_XLA_FLAGS if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]).strip()
 
