@@ -38,6 +38,20 @@ LENGTHSCALE_RANGE = (0.1, 0.6)
 SIGNAL_SCALE_RANGE = (0.1, 1.0)
 NOISE = 0.02
 
+# jaxlib 0.10.2 on CPU splits a batched LAPACK call (Cholesky, triangular solve, ...) over its intra-op thread pool
+# once the batch's estimated work reaches 2e5 FLOP, and blocks a pool thread until the pieces are done. Two such calls
+# that run at once (independent in one program) then deadlock on a 2-core machine. The GP linear algebra below
+# therefore runs in chunks of tasks that stay under that size: each LAPACK call runs on its own thread, in sequence.
+_LAPACK_THREADING_FLOPS = 200_000
+
+
+def _map_tasks(fn, cost_per_task: int, *batched: jax.Array):
+  """``jax.vmap(fn)(*batched)`` over the leading (task) axis; on CPU in chunks below jaxlib's threading size."""
+  chunk = max(1, (_LAPACK_THREADING_FLOPS - 1) // max(cost_per_task, 1))
+  if jax.default_backend() != "cpu" or batched[0].shape[0] <= chunk:
+    return jax.vmap(fn)(*batched)
+  return jax.lax.map(lambda args: fn(*args), batched, batch_size=chunk)
+
 
 def kernel_matrix(kernel: str, inputs: jax.Array, other: jax.Array, *, lengthscale: jax.Array,
                   signal_scale: jax.Array, period: jax.Array | float = 1.0) -> jax.Array:
@@ -106,9 +120,8 @@ class GPTasks:
     _check_inputs(inputs, self.lengthscale.shape[0])
     num_points = inputs.shape[1]
     covariance = self.covariance(inputs, inputs) + self.noise ** 2 * jnp.eye(num_points, dtype=inputs.dtype)
-    cholesky = jnp.linalg.cholesky(covariance)
     noise = jax.random.normal(key, inputs.shape[:2] + (1,), inputs.dtype)
-    return cholesky @ noise
+    return _map_tasks(lambda c, e: jnp.linalg.cholesky(c) @ e, num_points ** 3, covariance, noise)
 
 
 def sample_gp_tasks(key: jax.Array, num_tasks: int, *, kernel: str = "rbf",
@@ -231,12 +244,18 @@ def gp_predictive(tasks: GPTasks, context: Batch, target_inputs: jax.Array) -> t
   covariance = (tasks.covariance(context.inputs, context.inputs)
                 + tasks.noise ** 2 * jnp.eye(num_context, dtype=context.inputs.dtype))
   cross = tasks.covariance(context.inputs, target_inputs)                       # [B, n, m]
-  cholesky = jnp.linalg.cholesky(covariance)
-  solve = jax.vmap(lambda c, b: jax.scipy.linalg.cho_solve((c, True), b))
-  mean = jnp.swapaxes(cross, 1, 2) @ solve(cholesky, context.labels)            # [B, m, 1]
-  whitened = jax.scipy.linalg.solve_triangular(cholesky, cross, lower=True)     # [B, n, m]
+
+  def posterior(covariance, cross, labels):                                     # [n, n], [n, m], [n, 1]
+    cholesky = jnp.linalg.cholesky(covariance)
+    mean = cross.T @ jax.scipy.linalg.cho_solve((cholesky, True), labels)        # [m, 1]
+    whitened = jax.scipy.linalg.solve_triangular(cholesky, cross, lower=True)   # [n, m]
+    return mean, jnp.sum(jnp.square(whitened), axis=0)                          # [m, 1], [m]
+
+  num_targets = target_inputs.shape[1]
+  mean, explained = _map_tasks(posterior, num_context ** 2 * (num_context + num_targets + 2), covariance, cross,
+                               context.labels)
   prior_variance = jnp.square(tasks.signal_scale)[:, None]                      # k(x, x) = s^2
-  variance = prior_variance - jnp.sum(jnp.square(whitened), axis=1) + tasks.noise ** 2
+  variance = prior_variance - explained + tasks.noise ** 2
   return mean, jnp.sqrt(jnp.maximum(variance, tasks.noise ** 2))[..., None]
 
 

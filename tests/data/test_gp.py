@@ -1,6 +1,9 @@
 """GP task family: kernels and posterior against NumPy formulas, samples against their covariance."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -104,3 +107,31 @@ def test_gp_predictive_matches_numpy_and_is_calibrated():
   with pytest.raises(ValueError, match="context labels"):
     gp.gp_predictive(tasks, Batch(episodes.support.inputs, episodes.support.labels[..., 0]),
                      episodes.query.inputs)
+
+
+LARGE_BATCHES_AT_ONCE = """
+import jax, jax.numpy as jnp
+from metalax.data import gp
+
+@jax.jit
+def run(key):   # two independent GP computations over 3000 tasks each, so their linear algebra can run at once
+  total = 0.0
+  for j in range(2):
+    tasks = gp.sample_gp_tasks(jax.random.fold_in(key, j), 3000, kernel="matern52")
+    episodes = gp.gp_episodes(jax.random.fold_in(key, j), tasks, 6, 1)
+    mean, scale = gp.gp_predictive(tasks, episodes.support, episodes.query.inputs)
+    total += jnp.sum(mean) + jnp.sum(scale)
+  return total
+
+for i in range(10):
+  float(run(jax.random.key(i)))
+"""
+
+
+def test_large_batches_of_tasks_at_once_do_not_deadlock():
+  # jaxlib 0.10.2 on CPU: two batched LAPACK calls above its threading size, running at once, deadlocked a 2-core
+  # machine within three calls of this program before gp kept its calls under that size.
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", LARGE_BATCHES_AT_ONCE], env=env, capture_output=True, text=True,
+                          timeout=240)
+  assert result.returncode == 0, result.stderr[-2000:]
