@@ -26,7 +26,7 @@ setuptools.setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12"],  # filelock: the tests' shared compilation cache
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
         # The PyTorch peer for benchmarks/ (see BUILD_NOTES.md for the install steps).
         "peer": ["torch==2.13.0", "learn2learn==0.2.0"],
     },

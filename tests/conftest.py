@@ -1,4 +1,4 @@
-"""Shared test settings: CPU, the XLA flags of the suite, and one compilation cache for the whole run."""
+"""Shared test settings: CPU, the XLA flags of the suite, and a compilation cache per worker."""
 
 import os
 import tempfile
@@ -11,18 +11,15 @@ _TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_e
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + [
     flag for flag in _TEST_XLA_FLAGS if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", "")]).strip()
 
-# One persistent compilation cache, fresh for each test run, shared by the xdist workers and the processes the tests
-# start (they inherit this environment, set in the controller before the workers start): each program compiles once.
-# A size limit turns on the cache's file lock, so that one process never reads an entry another is still writing.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="metalax_jax_cache_")
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2 ** 30))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-
 import jax
 import numpy as np
 import pytest
+
+# Many tests compile the same programs (the experiments' tests several runs of one configuration); a persistent
+# cache, fresh for each test session and worker, compiles each once.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="metalax_jax_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _finite_difference_grad(f, tree, eps=1e-5):
