@@ -348,6 +348,12 @@ def run(train_and_evaluate: Callable[[ml_collections.ConfigDict, str], Any], con
       train_and_evaluate(config, workdir_flag.value)
     except USER_ERRORS as e:
       user_error(str(e) or type(e).__name__, several_processes=jax.process_count() > 1)
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      user_error(f"the device ran out of memory ({str(e).splitlines()[0]}). Use a smaller batch, model or image "
+                 "size, or the entrypoint's memory options (--help; e.g. tasks_per_chunk); checkpoints "
+                 "already written are kept.", several_processes=jax.process_count() > 1)
 
   def parse_flags(argv):
     try:

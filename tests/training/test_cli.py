@@ -40,6 +40,9 @@ from metalax import training
 def train_and_evaluate(config, workdir):
   training.validate(config, {"lr": "positive_float", "hidden": "positive_ints"})
   workdir = training.prepare_workdir(workdir)
+  if config.lr == 1000.0:  # what XLA raises when an allocation fails
+    import jax
+    raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 39926293248 bytes.")
   training.write_json(os.path.join(workdir, "used.json"), config.to_dict())
 
 
@@ -173,6 +176,7 @@ def test_command_line(tiny):
       [f"--workdir={workdir}", f"--config={tiny / 'tiny_config.py'}:large"],
       [f"--workdir={workdir}", f"--config={tiny / 'missing.py'}"],
       [f"--workdir={workdir}", "--config.hidden=(8,0)"],
+      [f"--workdir={workdir}", "--config.lr=1000.0"],
   ])
   assert help_[0] == 0, help_[2][-2000:]
   assert "  --config.num_shots=5\n      Examples per class.\n" in help_[1]
@@ -195,7 +199,10 @@ def test_command_line(tiny):
               "--workdir is required (where results, checkpoints and plots go; --help lists the flags).",
               "unknown preset 'large'; the presets are small.",
               "no config file",
-              "--config.hidden must be a non-empty tuple of ints >= 1, e.g. (40,40), got (8, 0)."]
+              "--config.hidden must be a non-empty tuple of ints >= 1, e.g. (40,40), got (8, 0).",
+              "the device ran out of memory (RESOURCE_EXHAUSTED: Out of memory allocating 39926293248 bytes.). Use "
+              "a smaller batch, model or image size"]
+  assert len(errors) == len(messages)
   for (returncode, _, stderr), message in zip(errors, messages):
     lines = error_lines(stderr)
     assert returncode == 1 and len(lines) == 1 and lines[0].startswith("tiny: error: ") and message in lines[0], (
