@@ -123,7 +123,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       _, valid_episodes = held_out(key_valid)
       scores = {}
       for lr in config.pretrained_lr_grid:
-        mse = query_mse(learner(name, lr), meta_params, valid_episodes, config.test_num_steps)[0][-1]
+        with np.errstate(invalid="ignore", over="ignore"):  # a diverging rate's losses are inf
+          mse = query_mse(learner(name, lr), meta_params, valid_episodes, config.test_num_steps)[0][-1]
         scores[lr] = float(mse) if np.isfinite(mse) else float("inf")  # a rate that diverges scores inf
       inner_lr = min(scores, key=scores.get)
       logging.info("pretrained: fine-tuning step size %g (validation MSE %s).", inner_lr, scores)
