@@ -114,29 +114,45 @@ class _DropOrbaxLogs:
     return record.levelno >= logging.converter.STANDARD_ERROR or "orbax" not in record.pathname
 
 
-@contextlib.contextmanager
-def _quiet_orbax() -> Iterator[None]:
-  """Keeps orbax's warnings, and the tracebacks of its reader threads after a failed read, out of the console.
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+  return isinstance(unraisable.exc_value, RuntimeError) and "loop is closed" in str(unraisable.exc_value)
+
+
+_closed_loop_filter_installed = False
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """Drops, from now on, the ``RuntimeError('Event loop is closed')`` of tensorstore callbacks.
 
   A failed restore leaves tensorstore callbacks that find orbax's event loop
-  closed; they raise in a background thread (``sys.unraisablehook``), which
-  prints a traceback (and is pytest's ``PytestUnraisableExceptionWarning``).
-  Those are dropped while the block runs; everything else passes through.
+  closed; they raise in a background thread (``sys.unraisablehook``, which
+  prints a traceback and is pytest's ``PytestUnraisableExceptionWarning``),
+  at any later time. Only that exception is dropped; every other one reaches
+  the hook that was in place.
   """
-  logger = std_logging.getLogger("absl")  # orbax logs through absl's logger
-  log_filter = _DropOrbaxLogs()
-  logger.addFilter(log_filter)
+  global _closed_loop_filter_installed
+  if _closed_loop_filter_installed:
+    return
   previous_hook = sys.unraisablehook
 
   def hook(unraisable: Any) -> None:
-    if not (isinstance(unraisable.exc_value, RuntimeError) and "loop is closed" in str(unraisable.exc_value)):
+    if not _is_closed_loop_callback(unraisable):
       previous_hook(unraisable)
 
   sys.unraisablehook = hook
+  _closed_loop_filter_installed = True
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+  """Keeps orbax's warnings, and the tracebacks of its reader threads after a failed read, out of the console."""
+  logger = std_logging.getLogger("absl")  # orbax logs through absl's logger
+  log_filter = _DropOrbaxLogs()
+  logger.addFilter(log_filter)
+  _drop_closed_loop_callbacks()
   try:
     yield
   finally:
-    sys.unraisablehook = previous_hook
     logger.removeFilter(log_filter)
 
 
