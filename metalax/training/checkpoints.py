@@ -114,10 +114,6 @@ class _DropOrbaxLogs:
     return record.levelno >= logging.converter.STANDARD_ERROR or "orbax" not in record.pathname
 
 
-def _is_closed_loop_callback(unraisable: Any) -> bool:
-  return isinstance(unraisable.exc_value, RuntimeError) and "loop is closed" in str(unraisable.exc_value)
-
-
 _closed_loop_filter_installed = False
 
 
@@ -136,7 +132,7 @@ def _drop_closed_loop_callbacks() -> None:
   previous_hook = sys.unraisablehook
 
   def hook(unraisable: Any) -> None:
-    if not _is_closed_loop_callback(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError) and "loop is closed" in str(unraisable.exc_value)):
       previous_hook(unraisable)
 
   sys.unraisablehook = hook
