@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from metalax.meta.inner import check_num_steps
+from metalax.meta.inner import check_num_steps, conjugate_gradient
 from metalax.types import ApplyFn, Batch, LossFn, Params
 
 Hyperparameters = dict[str, Any]
@@ -268,7 +268,7 @@ def implicit_hypergradient(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int
       hvp = jax.jvp(lambda p: weight_grad(p, hyperparams), (trained,), (v,))[1]
       return jax.tree.map(lambda v, h: h + damping * v, v, hvp)
 
-    solution, _ = jax.scipy.sparse.linalg.cg(matvec, cotangent, tol=0.0, maxiter=cg_steps)
+    solution = conjugate_gradient(matvec, cotangent, cg_steps)
     _, mixed_vjp = jax.vjp(lambda h: weight_grad(trained, h), hyperparams)
     (hyper_cotangent,) = mixed_vjp(solution)
     zeros = jax.tree.map(_zero_cotangent, (trained, train))

@@ -12,7 +12,7 @@ from metalax import models
 from metalax import transfer
 
 MODEL = models.Conv4(num_outputs=3, hidden=4)
-PARAMS = MODEL.init(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))["params"]
+PARAMS = jax.jit(MODEL.init)(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))["params"]
 IMAGES = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1))
 LABELS = jnp.array([0, 1, 2, 0, 1, 2])
 
@@ -37,17 +37,17 @@ def test_paths_and_masks():
 def test_finetune_moves_only_selected_leaves_and_matches_plain_optimizer(selection):
   optimizer = optax.adamw(1e-2, weight_decay=0.1)
   tx = transfer.finetune_optimizer(optimizer, PARAMS, selection)
-  loss = lambda p: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(MODEL.apply({"params": p}, IMAGES),
-                                                                              LABELS))
+  loss = jax.jit(lambda p: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+      MODEL.apply({"params": p}, IMAGES), LABELS)))
   params, state = PARAMS, tx.init(PARAMS)
   reference, reference_state = PARAMS, optimizer.init(PARAMS)
   mask = transfer.trainable_mask(PARAMS, selection)
+  grad = jax.jit(jax.grad(loss))
   for _ in range(3):
-    updates, state = tx.update(jax.grad(loss)(params), state, params)
+    updates, state = jax.jit(tx.update)(grad(params), state, params)
     params = optax.apply_updates(params, updates)
     # The reference: the plain optimizer, with the frozen leaves' gradients irrelevant as they never move.
-    grads = jax.grad(loss)(reference)
-    ref_updates, reference_state = optimizer.update(grads, reference_state, reference)
+    ref_updates, reference_state = jax.jit(optimizer.update)(grad(reference), reference_state, reference)
     reference = optax.apply_updates(reference, jax.tree.map(lambda u, m: u if m else jnp.zeros_like(u),
                                                             ref_updates, mask))
   for new, old, ref, m in zip(jax.tree.leaves(params), jax.tree.leaves(PARAMS), jax.tree.leaves(reference),

@@ -81,7 +81,7 @@ def imaml(apply_fn: ApplyFn, loss_fn: LossFn, *, num_steps: int, reg: float,
       hvp = jax.jvp(support_grad, (adapted,), (v,))[1]
       return jax.tree.map(lambda v, h: (1.0 + damping) * v + h / reg, v, hvp)
 
-    solution, _ = jax.scipy.sparse.linalg.cg(matvec, cotangent, tol=0.0, maxiter=cg_steps)
+    solution = inner.conjugate_gradient(matvec, cotangent, cg_steps)
     return solution, jax.tree.map(_zero_cotangent, support), jax.tree.map(_zero_cotangent, keys)
 
   implicit_adapt.defvjp(forward, backward)

@@ -207,3 +207,29 @@ def inner_loop(objective: Callable[..., jax.Array], adapted: list[jax.Array],
 def squared_distance(a: list[jax.Array], b: list[jax.Array]) -> jax.Array:
   """``sum ||a_i - b_i||^2`` over matching leaves."""
   return sum(jnp.sum(jnp.square(x - y)) for x, y in zip(a, b))
+
+
+def conjugate_gradient(matvec: Callable[[Any], Any], b: Any, num_steps: int) -> Any:
+  """``num_steps`` iterations of conjugate gradients on ``matvec(x) = b`` from ``x = 0`` (pytrees).
+
+  The iterates of ``jax.scipy.sparse.linalg.cg(matvec, b, tol=0.0,
+  maxiter=num_steps)`` (which also stops once the residual is exactly 0), as a
+  ``lax.fori_loop`` of fixed length: under ``vmap`` and ``grad`` it traces and
+  compiles several times faster than ``cg``'s ``custom_linear_solve`` and
+  ``while_loop``.
+  """
+  dot = lambda u, v: sum(jnp.sum(x * y) for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(v)))
+  axpy = lambda a, u, v: jax.tree.map(lambda x, y: a * x + y, u, v)
+
+  def step(_, carry):
+    x, r, p, rs = carry
+    ap = matvec(p)
+    going = rs > 0  # a residual of exactly 0 has converged: the iterate stays
+    alpha = jnp.where(going, rs / jnp.where(going, dot(p, ap), 1.0), 0.0)
+    x, r = axpy(alpha, p, x), axpy(-alpha, ap, r)
+    rs_new = dot(r, r)
+    p = axpy(jnp.where(going, rs_new / jnp.where(going, rs, 1.0), 0.0), p, r)
+    return x, r, p, rs_new
+
+  x = jax.tree.map(jnp.zeros_like, b)
+  return jax.lax.fori_loop(0, num_steps, step, (x, b, b, dot(b, b)))[0]

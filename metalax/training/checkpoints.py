@@ -70,6 +70,8 @@ def checkpoint_manager(directory: str, max_to_keep: int = 2, *, best_metric: str
   directory = os.path.abspath(directory)
   latest = checkpoint_managers.LatestN(n=max_to_keep)
   recorded = _recorded_ranking(directory)
+  if jax.process_count() > 1:  # every process reads the directory before any creates it: all take the same path
+    ocp.multihost.sync_global_processes(f"metalax_checkpoint_manager_{directory}")
   if best_metric is None:
     if recorded:  # keeping only the latest steps would delete the best one
       raise ValueError(f"the checkpoints in {directory} are ranked by {recorded['best_metric']} "

@@ -1,7 +1,7 @@
 """Real training runs killed with SIGKILL, restarted, end exactly as uninterrupted runs.
 
-Nothing asserted depends on the machine's speed: each run is killed once it has written a checkpoint of its
-own (or not at all, if it finished first); the assertions are about the final state and records only.
+Nothing asserted depends on the machine's speed: the run is killed once it has written a checkpoint (or not at
+all, if it finished first); the assertions are about the final state and records only.
 """
 
 import json
@@ -23,7 +23,8 @@ SINUSOID = ("experiments.sinusoid", "maml", 600, [
     "--config.steps_per_call=25", "--config.checkpoint_every=50", "--config.num_test_episodes=10",
     "--config.test_num_queries=10", "--config.test_num_steps=1"])
 FEWSHOT = ("experiments.fewshot", "", 200, [
-    "--config.dataset=tests.experiments.synthetic:load", "--config.learner=protonet", "--config.hidden=8",
+    "--config.dataset=tests.experiments.synthetic:load", "--config.learner=protonet", "--config.model=mlp",
+    "--config.mlp_features=(16,8)",
     "--config.num_ways=3", "--config.num_queries=2", "--config.meta_batch_size=2", "--config.steps_per_call=10",
     "--config.checkpoint_every=20", "--config.num_valid_episodes=10", "--config.num_test_episodes=20",
     "--config.eval_batch_size=10"])
@@ -63,24 +64,20 @@ def test_killed_and_restarted_run_equals_uninterrupted_run(tmp_path, experiment)
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   directory = killed / run_subdir / "checkpoints"
   finish(start(module, straight, num_iterations, flags))
-  seen_unfinished = []
-  for _ in range(2):  # killed twice: the second run resumes from the first's checkpoint and is killed again
-    before = checkpoint_steps(directory)[0][-1:]
-    process = start(module, killed, num_iterations, flags)
-    while process.poll() is None and checkpoint_steps(directory)[0][-1:] == before:
-      time.sleep(0.01)  # until this run has saved a checkpoint of its own (or finished)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    steps, unfinished = checkpoint_steps(directory)
-    seen_unfinished += unfinished
-    # What a restart resumes from is a complete checkpoint that reads back whole.
-    manager = ocp.CheckpointManager(str(directory))
-    assert manager.latest_step() == steps[-1]
-    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(manager.restore(steps[-1])))
+  process = start(module, killed, num_iterations, flags)
+  while process.poll() is None and not checkpoint_steps(directory)[0]:
+    time.sleep(0.01)  # until the run has saved a checkpoint (or finished)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  steps, unfinished = checkpoint_steps(directory)
+  # What the restart resumes from is a complete checkpoint that reads back whole.
+  manager = ocp.CheckpointManager(str(directory))
+  assert manager.latest_step() == steps[-1]
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(manager.restore(steps[-1])))
   finish(start(module, killed, num_iterations, flags))
 
-  # Temporary directories of interrupted saves, if a kill hit one, are never taken for checkpoints.
-  assert all(".orbax-checkpoint-tmp" in name or "damaged" in name for name in seen_unfinished), seen_unfinished
+  # The temporary directory of an interrupted save, if the kill hit one, is never taken for a checkpoint.
+  assert all(".orbax-checkpoint-tmp" in name for name in unfinished), unfinished
   restore = lambda run: ocp.CheckpointManager(str(run / run_subdir / "checkpoints")).restore(num_iterations)
   for a, b in zip(jax.tree.leaves(restore(straight)), jax.tree.leaves(restore(killed))):
     np.testing.assert_array_equal(a, b)  # bit for bit

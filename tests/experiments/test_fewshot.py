@@ -35,7 +35,7 @@ def test_maml_learns_and_writes_its_records(tmp_path):
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
-  settings = dict(learner="protonet", num_ways=4, steps_per_call=10, checkpoint_every=10)
+  settings = dict(learner="protonet", num_ways=4, steps_per_call=10, checkpoint_every=10, conv_impl="xla")
   straight = fewshot.train_and_evaluate(tiny_config(num_iterations=20, **settings), str(tmp_path / "straight"))
   fewshot.train_and_evaluate(tiny_config(num_iterations=10, **settings), str(tmp_path / "resumed"))
   resumed = fewshot.train_and_evaluate(tiny_config(num_iterations=20, **settings), str(tmp_path / "resumed"))
@@ -83,10 +83,10 @@ def test_protonet_starts_from_a_pretrained_encoder(tmp_path):
   from experiments.configs import representation as representation_config
   encoder_config = representation_config.get_config("random")   # seed 1: not the few-shot run's own init
   encoder_config.update(dict(dataset=SYNTHETIC, hidden=8, seed=1, episodes=((3, 1),), num_test_episodes=10,
-                             num_queries=2, probe_steps=2, review_k=4))
+                             num_queries=2, probe_steps=2, review_k=4, conv_impl="xla"))
   representation.train_and_evaluate(encoder_config, str(tmp_path / "encoder_run"))
   pretrained = representation.load_encoder(str(tmp_path / "encoder_run"), encoder_config, image_shape=(16, 16, 1))
-  settings = dict(learner="protonet", num_iterations=2, steps_per_call=2, checkpoint_every=2)
+  settings = dict(learner="protonet", num_iterations=2, steps_per_call=2, checkpoint_every=2, conv_impl="xla")
   # lr 1e-12: the trained meta-parameters stay the initial ones, so the checkpoint shows what was loaded.
   config = tiny_config(lr=1e-12, init_encoder=str(tmp_path / "encoder_run"), **settings)
   fewshot.train_and_evaluate(config, str(tmp_path / "loaded"))

@@ -90,3 +90,22 @@ def test_imaml_backward_stores_nothing_of_the_inner_loop():
 def test_imaml_bad_hyperparameters_raise(kwargs, match):
   with pytest.raises(ValueError, match=match):
     meta.imaml(linear, metalax.losses.squared_error, inner_lr=0.1, num_steps=1, **kwargs)
+
+
+def test_conjugate_gradient_has_the_iterates_of_jax_cg():
+  from metalax.meta import inner
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(5, 5))
+  system = jnp.asarray(a @ a.T + 0.5 * np.eye(5))
+  matvec = lambda v: {"x": system[:3, :3] @ v["x"] + system[:3, 3:] @ v["y"],
+                      "y": system[3:, :3] @ v["x"] + system[3:, 3:] @ v["y"]}
+  b = {"x": jnp.asarray(rng.normal(size=3)), "y": jnp.asarray(rng.normal(size=2))}
+  for steps in (1, 2, 4):
+    ours = jax.jit(lambda b: inner.conjugate_gradient(matvec, b, steps))(b)
+    reference, _ = jax.scipy.sparse.linalg.cg(matvec, b, tol=0.0, maxiter=steps)
+    for x, y in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+  # An exactly solved system (the residual reaches 0) keeps its solution: no 0/0.
+  solved = inner.conjugate_gradient(lambda v: jax.tree.map(lambda x: 2.0 * x, v), b, 3)
+  for x, y in zip(jax.tree.leaves(solved), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y / 2.0, rtol=1e-6)
