@@ -254,11 +254,11 @@ def few_shot_accuracy(embeddings: np.ndarray, key: jax.Array, num_ways: int, num
   results = {}
   for name, learner in (("prototype", meta.protonet(identity, num_ways=num_ways)),
                         ("nearest_neighbour", meta.nearest_neighbour(identity, num_ways=num_ways, k=1))):
-    evaluate = jax.jit(lambda episodes, learner=learner: meta.evaluate(learner)({"params": {}}, episodes))
+    evaluate = jax.jit(lambda batch_key, unit, learner=learner: meta.evaluate(learner)(
+        {"params": {}}, metalax.sample_episodes(batch_key, unit, 100, num_ways, num_shots, num_queries)))
     accuracies = []
     for batch_key in jax.random.split(key, -(-num_episodes // 100)):
-      episodes = metalax.sample_episodes(batch_key, unit, 100, num_ways, num_shots, num_queries)
-      accuracies.append(np.asarray(evaluate(episodes)["accuracy"]))
+      accuracies.append(np.asarray(evaluate(batch_key, unit)["accuracy"]))
     mean, interval = training.mean_and_interval(np.concatenate(accuracies)[:num_episodes])
     results[name] = (float(mean), float(interval))
   return results
@@ -339,7 +339,7 @@ def evaluate_encoder(encode, encoder_params, eval_images: np.ndarray, config: ml
 def write_reconstructions(autoencoder, params, images: np.ndarray, path: str, title: str) -> None:
   """Top row: images; bottom row: ``sigmoid`` of the reconstructions."""
   inputs = metalax.data.to_float32(jnp.asarray(images))
-  logits, _ = autoencoder.apply({"params": params}, inputs)
+  logits, _ = jax.jit(autoencoder.apply)({"params": params}, inputs)
   recon = np.asarray(jax.nn.sigmoid(logits))
   grid = transfer.image_grid(np.concatenate([np.asarray(inputs), recon]), num_columns=images.shape[0])
   fig, ax = reporting.subplots(figsize=(0.45 * images.shape[0] + 0.5, 1.3))
@@ -380,7 +380,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = training.make_mesh(config, config.classes_per_batch * config.examples_per_class if labelled
                           else config.batch_size)
   init, loss, encode, autoencoder = build(config, image_shape, mesh)
-  params = init(init_key)
+  params = jax.jit(init)(init_key)  # one compiled program, not one per operation
   optimizer = optax.adam(config.lr)
 
   def step(state, key, images):

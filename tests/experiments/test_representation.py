@@ -36,7 +36,7 @@ def tiny(preset, **overrides):
   config.update(dict(hidden=8, num_iterations=4, steps_per_call=2, checkpoint_every=4, batch_size=16,
                      classes_per_batch=4, examples_per_class=2, num_test_episodes=20, probe_steps=10,
                      episodes=((5, 1),), review_k=6, decoder_features=(16,), projector_hidden=16, projection_dim=8,
-                     num_eval_classes=20))
+                     num_eval_classes=20, conv_impl="xla"))
   config.update(overrides)
   return config
 

@@ -23,7 +23,8 @@ NUM_STEPS = 4
 def config_for(loss, augment):
   config = representation_config.get_config("simclr")
   config.update(dict(loss=loss, augment=augment, hidden=4, batch_size=12, classes_per_batch=3, examples_per_class=2,
-                     projector_hidden=8, projection_dim=4, decoder_features=(8,)))
+                     projector_hidden=8, projection_dim=4, decoder_features=(8,),
+                     conv_impl="xla"))
   return config
 
 
