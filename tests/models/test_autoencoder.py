@@ -17,16 +17,16 @@ def make(decoder_features=(32,), code_activation="identity", encoder=None):
   encoder = encoder or models.Conv4(None, hidden=8)
   model = models.Autoencoder(encoder, models.Decoder((16, 16, 1), decoder_features),
                              code_activation=code_activation)
-  params = model.init(KEY, IMAGES[:2])["params"]
+  params = jax.jit(model.init)(KEY, IMAGES[:2])["params"]
   return model, params
 
 
 def test_shapes_and_encoder_params_are_the_encoders_own():
   model, params = make()
-  logits, codes = model.apply({"params": params}, IMAGES)
+  logits, codes = jax.jit(model.apply)({"params": params}, IMAGES)
   assert logits.shape == IMAGES.shape and codes.shape == (8, 8)
   encoder = models.Conv4(None, hidden=8)
-  np.testing.assert_allclose(encoder.apply({"params": params["encoder"]}, IMAGES), codes, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(encoder.apply)({"params": params["encoder"]}, IMAGES), codes, rtol=1e-6)
   _, linear = make(decoder_features=())
   assert set(linear["decoder"]) == {"output"}          # the low-capacity decoder is one linear map
   _, sigmoid_codes = models.Autoencoder(encoder, models.Decoder((16, 16, 1), (32,)),
@@ -34,10 +34,10 @@ def test_shapes_and_encoder_params_are_the_encoders_own():
       {"params": params}, IMAGES)
   np.testing.assert_allclose(sigmoid_codes, jax.nn.sigmoid(codes), rtol=1e-6)
   coded = models.Autoencoder(encoder, models.Decoder((16, 16, 1), (32,)), code_dim=5, code_activation="sigmoid")
-  coded_params = coded.init(KEY, IMAGES[:2])["params"]
+  coded_params = jax.jit(coded.init)(KEY, IMAGES[:2])["params"]
   assert coded_params["code"]["kernel"].shape == (8, 5)
-  _, five = coded.apply({"params": coded_params}, IMAGES)
-  features = encoder.apply({"params": coded_params["encoder"]}, IMAGES)
+  _, five = jax.jit(coded.apply)({"params": coded_params}, IMAGES)
+  features = jax.jit(encoder.apply)({"params": coded_params["encoder"]}, IMAGES)
   np.testing.assert_allclose(five, jax.nn.sigmoid(features @ coded_params["code"]["kernel"]
                                                   + coded_params["code"]["bias"]), rtol=1e-5)
 
