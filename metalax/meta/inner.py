@@ -219,7 +219,7 @@ def conjugate_gradient(matvec: Callable[[Any], Any], b: Any, num_steps: int) -> 
   ``while_loop``.
   """
   dot = lambda u, v: sum(jnp.sum(x * y) for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(v)))
-  axpy = lambda a, u, v: jax.tree.map(lambda x, y: a * x + y, u, v)
+  axpy = lambda a, u, v: jax.tree.map(lambda x, y: (a * x + y).astype(y.dtype), u, v)  # leaves keep their dtype
 
   def step(_, carry):
     x, r, p, rs = carry
