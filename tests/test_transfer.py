@@ -42,12 +42,12 @@ def test_finetune_moves_only_selected_leaves_and_matches_plain_optimizer(selecti
   params, state = PARAMS, tx.init(PARAMS)
   reference, reference_state = PARAMS, optimizer.init(PARAMS)
   mask = transfer.trainable_mask(PARAMS, selection)
-  grad = jax.jit(jax.grad(loss))
+  grad, update, reference_update = jax.jit(jax.grad(loss)), jax.jit(tx.update), jax.jit(optimizer.update)
   for _ in range(3):
-    updates, state = jax.jit(tx.update)(grad(params), state, params)
+    updates, state = update(grad(params), state, params)
     params = optax.apply_updates(params, updates)
     # The reference: the plain optimizer, with the frozen leaves' gradients irrelevant as they never move.
-    ref_updates, reference_state = jax.jit(optimizer.update)(grad(reference), reference_state, reference)
+    ref_updates, reference_state = reference_update(grad(reference), reference_state, reference)
     reference = optax.apply_updates(reference, jax.tree.map(lambda u, m: u if m else jnp.zeros_like(u),
                                                             ref_updates, mask))
   for new, old, ref, m in zip(jax.tree.leaves(params), jax.tree.leaves(PARAMS), jax.tree.leaves(reference),

@@ -9,7 +9,6 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["--config.learners=(\"maml\",)", "--config.mlp_features=(8,8)", "--config.meta_batch_size=6",

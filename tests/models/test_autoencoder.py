@@ -29,9 +29,8 @@ def test_shapes_and_encoder_params_are_the_encoders_own():
   np.testing.assert_allclose(jax.jit(encoder.apply)({"params": params["encoder"]}, IMAGES), codes, rtol=1e-6)
   _, linear = make(decoder_features=())
   assert set(linear["decoder"]) == {"output"}          # the low-capacity decoder is one linear map
-  _, sigmoid_codes = models.Autoencoder(encoder, models.Decoder((16, 16, 1), (32,)),
-                                         code_activation="sigmoid").apply(
-      {"params": params}, IMAGES)
+  sigmoid_model = models.Autoencoder(encoder, models.Decoder((16, 16, 1), (32,)), code_activation="sigmoid")
+  _, sigmoid_codes = jax.jit(sigmoid_model.apply)({"params": params}, IMAGES)
   np.testing.assert_allclose(sigmoid_codes, jax.nn.sigmoid(codes), rtol=1e-6)
   coded = models.Autoencoder(encoder, models.Decoder((16, 16, 1), (32,)), code_dim=5, code_activation="sigmoid")
   coded_params = jax.jit(coded.init)(KEY, IMAGES[:2])["params"]
